@@ -1,0 +1,240 @@
+"""The ``pimon`` command line: a thin argparse entry that imports each command lazily."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import stat
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pimon import __version__, config, parse
+from pimon.config import ConfigError, Resolved
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A bad value on the command line or in the config: exit 2."""
+
+
+def add_settings(parser: argparse.ArgumentParser, section: str) -> None:
+    """Add one option per settable setting of ``section``."""
+    for s in config.section(section):
+        if not s.flag:
+            continue
+        if s.parse is parse.boolean:
+            parser.add_argument(
+                s.option, dest=s.name, action="store_const", const=True, help=s.help
+            )
+        elif s.multi:
+            parser.add_argument(
+                s.option, dest=s.name, action="append", metavar=s.metavar, help=s.help
+            )
+        else:
+            parser.add_argument(s.option, dest=s.name, metavar=s.metavar, help=s.help)
+    parser.add_argument(
+        "--config", metavar="F", help="TOML config file (default /etc/pimon/pimon.toml)"
+    )
+
+
+def settings(args: argparse.Namespace, section: str) -> Resolved:
+    """Resolve ``section`` from flags, environment, config file and defaults."""
+    path, explicit = config.config_path(getattr(args, "config", None), os.environ)
+    data, text = config.load_file(path, explicit)
+    flags = {s.name: getattr(args, s.name, None) for s in config.section(section)}
+    return config.resolve(section, flags, os.environ, data, text=text, path=path)
+
+
+def read_token(path: str | None) -> str | None:
+    """Return the token from a file (warning when others can read it) or PIMON_TOKEN."""
+    if path:
+        try:
+            mode = os.stat(path).st_mode
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise UsageError(f"--token-file {path}: {e.strerror}") from e
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logging.getLogger("pimon").warning(
+                "token file %s is readable by group or others; chmod 600 it", path
+            )
+        if not token:
+            raise UsageError(f"--token-file {path}: the file is empty")
+        return token
+    return os.environ.get("PIMON_TOKEN") or None
+
+
+def setup_logging(level: str) -> None:
+    """Log one line per event to stderr."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the agent."""
+    from pimon.agent import AgentConfig, default_state_dir
+    from pimon.agent import run as run_agent
+    from pimon.health import Thresholds
+    from pimon.wire import check_name
+
+    s = settings(args, "agent")
+    setup_logging(s.log_level)
+    name = s.name or socket.gethostname().split(".")[0]
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise UsageError(f"--name: {e}") from None
+    thresholds = Thresholds(
+        disk_percent=s.disk_max_percent, temp_c=s.temp_max_c, mem_percent=s.mem_max_percent
+    )
+    return run_agent(
+        AgentConfig(
+            name=name,
+            listen=s.listen,
+            interval=s.interval,
+            state_dir=s.state_dir or default_state_dir(),
+            advertise=s.advertise,
+            mounts=s.mounts,
+            thresholds=thresholds,
+            monitors=s.monitor,
+            token=read_token(s.token_file),
+        )
+    )
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Run the monitor."""
+    from pimon.detector import DetectorConfig
+    from pimon.monitor import MonitorConfig
+    from pimon.monitor import run as run_monitor
+
+    s = settings(args, "monitor")
+    setup_logging(s.log_level)
+    nodes = list(s.node)
+    if s.nodes_file:
+        nodes += nodes_from_file(s.nodes_file)
+    names = [n.name for n in nodes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"--node: duplicate node name(s): {', '.join(duplicates)}")
+    detector = DetectorConfig(
+        interval=s.interval,
+        threshold=s.threshold,
+        suspect_pause=s.suspect_pause,
+        down_pause=s.down_pause,
+    )
+    return run_monitor(
+        MonitorConfig(
+            listen=s.listen,
+            nodes=nodes,
+            interval=s.interval,
+            db=s.db,
+            token=read_token(s.token_file),
+            read_token=s.read_token,
+            insecure=s.insecure,
+            max_nodes=s.max_nodes,
+            detector=detector,
+        )
+    )
+
+
+def nodes_from_file(path: str) -> list[Any]:
+    """Read one ``[NAME=]HOST[:PORT]`` per line; blank lines and # comments are skipped."""
+    from pimon.parse import node_spec
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"--nodes-file {path}: {e.strerror}") from e
+    out = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            try:
+                out.append(node_spec(text))
+            except ValueError as e:
+                raise UsageError(f"--nodes-file {path}:{number}: {e} (got {text!r})") from None
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the cluster's state."""
+    from pimon.report import status
+
+    s = settings(args, "client")
+    return status(s.monitor, read_token(s.token_file), as_json=args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run a local demo cluster."""
+    from pimon.demo import run_demo
+
+    return run_demo(args.nodes, chaos=args.chaos)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pimon", description="Know within seconds which machines are up, struggling or gone."
+    )
+    parser.add_argument("--version", action="version", version=f"pimon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("agent", help="run the node agent (heartbeat RPC, pushes)")
+    add_settings(p, "agent")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("monitor", help="run the monitor (polls, detects, serves API)")
+    add_settings(p, "monitor")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("status", help="print a table of node states")
+    add_settings(p, "client")
+    p.add_argument("--json", action="store_true", help="print the node views as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="run a monitor and N agents on loopback")
+    p.add_argument("--nodes", type=_positive_int, default=5, metavar="N", help="agents (5)")
+    p.add_argument("--chaos", action="store_true", help="kill and restart an agent every ~20 s")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pimon`` command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except (ConfigError, UsageError) as e:
+        print(f"pimon {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name in ("aiohttp", "msgspec", "rich"):
+            print(
+                f"pimon {args.command}: needs {e.name}: pip install 'pimon[monitor]'",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 130

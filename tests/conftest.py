@@ -1,0 +1,114 @@
+"""Shared fixtures: real agent and monitor processes on loopback, port 0."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pimon.demo import Child
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # the server may be restarting
+            last_error = e
+        time.sleep(step)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
+
+
+def get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
+    """GET a URL and decode its JSON body."""
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def states(monitor_url: str) -> dict[str, str]:
+    """Return node name -> state from a monitor."""
+    return {n["name"]: n["state"] for n in get_json(f"{monitor_url}/v1/nodes")["nodes"]}
+
+
+class Procs:
+    """Start pimon daemons as real child processes and stop them all afterwards."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.children: list[Child] = []
+
+    def agent(
+        self, name: str, *extra: str, interval: float = 0.5, env: dict[str, str] | None = None
+    ) -> Child:
+        """Start an agent on a free loopback port."""
+        state = self.workdir / name
+        args = [
+            "agent",
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            str(interval),
+            "--state-dir",
+            str(state),
+            *extra,
+        ]
+        child = Child(args, str(self.workdir / f"{name}.log"), env=env)
+        child.start()
+        self.children.append(child)
+        return child
+
+    def monitor(
+        self,
+        *extra: str,
+        interval: float = 0.5,
+        env: dict[str, str] | None = None,
+        db: str | None = None,
+    ) -> str:
+        """Start a monitor on a free loopback port and return its URL."""
+        args = [
+            "monitor",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            str(interval),
+            "--db",
+            db or str(self.workdir / "monitor.db"),
+            *extra,
+        ]
+        child = Child(args, str(self.workdir / f"monitor-{len(self.children)}.log"), env=env)
+        child.start()
+        self.children.append(child)
+        self.last_monitor = child
+        return f"http://{child.address}"
+
+    def stop(self) -> None:
+        """Stop every child still running."""
+        for child in reversed(self.children):
+            child.stop(timeout=5)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Start real daemons; every one is stopped at the end of the test."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()
