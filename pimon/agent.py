@@ -18,6 +18,7 @@ from pimon.collect import Collector
 from pimon.health import Thresholds
 from pimon.httpd import HttpServer
 from pimon.parse import join_host_port
+from pimon.push import LEAVE_TIMEOUT_S, Pusher
 from pimon.wire import WIRE_VERSION, Heartbeat, Metrics, encode_heartbeat, error_body, metrics_dict
 
 log = logging.getLogger("pimon.agent")
@@ -83,6 +84,7 @@ class Agent:
         self._problems: list[str] = []
         self.leaving = False
         self.stopping = threading.Event()
+        self.leave_seen = threading.Event()
         self.server: HttpServer | None = None
         self.address = config.advertise or ""
         self.requests = 0
@@ -125,7 +127,10 @@ class Agent:
             return _error(405, "the agent only answers GET")
         self.requests += 1
         if path == "/v1/heartbeat":
-            return 200, "application/json", self.heartbeat()[1]
+            hb, body = self.heartbeat()
+            if hb.leaving:
+                self.leave_seen.set()
+            return 200, "application/json", body
         if path == "/metrics":
             from pimon.exposition import CONTENT_TYPE, agent_families, render
 
@@ -149,18 +154,36 @@ class Agent:
             self.sample()
 
     def serve(self) -> None:
-        """Sample, serve and push until stopped."""
+        """Sample, serve and push until stopped; pushers say goodbye before it returns."""
         assert self.server is not None
         self.sample()
         threading.Thread(target=self._sampler, name="sampler", daemon=True).start()
+        pushers = [self._start_pusher(url) for url in self.config.monitors]
         self.server.serve_forever()
+        for thread in pushers:
+            thread.join(LEAVE_TIMEOUT_S + 1)
+
+    def _start_pusher(self, url: str) -> threading.Thread:
+        pusher = Pusher(
+            url, self.config.token, self.config.interval, lambda: self.heartbeat()[1], self.stopping
+        )
+        thread = threading.Thread(target=pusher.run, name=f"push {url}", daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
-        """Stop serving; pushers send a last ``leaving`` heartbeat first."""
+        """Stop: push a ``leaving`` heartbeat, or let one poll see it, then shut down."""
         self.leaving = True
         self.stopping.set()
+        threading.Thread(target=self._shutdown, daemon=True).start()
+
+    def _shutdown(self) -> None:
+        if not self.config.monitors and self.requests:
+            # A polled agent cannot push its goodbye: answer polls with
+            # leaving=true for a moment so the monitor records `left`, not `down`.
+            self.leave_seen.wait(min(2 * self.config.interval, 5.0))
         if self.server is not None:
-            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            self.server.shutdown()
 
 
 def _error(status: int, message: str) -> tuple[int, str, bytes]:

@@ -1,4 +1,4 @@
-"""The monitor's HTTP routes and the one JSON error shape."""
+"""The monitor's HTTP routes, auth and the one JSON error shape."""
 
 from __future__ import annotations
 
@@ -11,15 +11,27 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from pimon import parse
 from pimon.monitor import Monitor
-from pimon.views import node_view, transition_view
-from pimon.wire import error_body
+from pimon.poller import decode
+from pimon.views import transition_view
+from pimon.wire import MAX_BODY_BYTES, check_name, error_body
 
 log = logging.getLogger("pimon.api")
 
 MONITOR: web.AppKey[Monitor] = web.AppKey("monitor", Monitor)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/metrics", "/v1/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/metrics", "/v1/openapi.json"})
+OPEN_PREFIXES: tuple[str, ...] = ("/static/", "/nodes/")  # the page asks for the token itself
+
+
+class ApiError(Exception):
+    """An error to answer with the JSON error shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -46,15 +58,27 @@ def token_matches(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def require_write(request: web.Request) -> None:
+    """Refuse a write without the cluster token (when one is configured)."""
+    expected = request.app[MONITOR].config.token
+    if expected and not token_matches(bearer(request), expected):
+        raise ApiError(401, "this needs the cluster token: Authorization: Bearer <token>")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the JSON error shape; never leak a traceback."""
     try:
         return await handler(request)
+    except ApiError as e:
+        return error(e.status, e.message)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        message = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
+        if e.status == 413:
+            return error(413, f"body over {MAX_BODY_BYTES // 1024} KiB")
+        text = e.text or ""
+        message = text if text and not text.startswith(f"{e.status}:") else e.reason
         return error(e.status, message or e.reason)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
@@ -64,17 +88,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def read_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require the read token on reads when one is configured."""
-    expected = request.app[MONITOR].config.read_token
-    if expected and request.method == "GET" and request.path not in OPEN_PATHS:
+    config = request.app[MONITOR].config
+    path = request.path
+    if (
+        config.read_token
+        and request.method == "GET"
+        and path not in OPEN_PATHS
+        and not path.startswith(OPEN_PREFIXES)
+    ):
+        # EventSource cannot send headers, hence the query parameter.
         given = bearer(request) or request.query.get("token")
-        write = request.app[MONITOR].config.token
-        if not (token_matches(given, expected) or (write and token_matches(given, write))):
+        readers = [t for t in (config.read_token, config.token) if t]
+        if not any(token_matches(given, t) for t in readers):
             return error(401, "this monitor needs a read token: Authorization: Bearer <token>")
     return await handler(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Answer ok while the monitor runs."""
+    """Answer ok, or 503 with the reason while the history database is failing."""
+    store = request.app[MONITOR].store
+    health = store.health() if store is not None else None
+    if health is not None and not health.ok:
+        return error(503, f"storage: {health.error}; detection and the API keep working")
     return web.Response(text="ok\n")
 
 
@@ -83,7 +118,7 @@ async def list_nodes(request: web.Request) -> web.Response:
     monitor = request.app[MONITOR]
     now = time.time()
     nodes = sorted(monitor.membership.nodes.values(), key=lambda n: n.name)
-    return json_response({"nodes": [node_view(n, now) for n in nodes], "now": now})
+    return json_response({"nodes": [monitor.view(n, now) for n in nodes], "now": now})
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -92,19 +127,126 @@ async def get_node(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     node = monitor.membership.nodes.get(name)
     if node is None:
-        return error(404, f"no node named {name!r}")
-    view = node_view(node, time.time())
+        raise ApiError(404, f"no node named {name!r}")
+    view = monitor.view(node, time.time())
     view["transitions"] = [transition_view(t) for t in reversed(node.history)]
     return json_response(view)
 
 
+async def read_json(request: web.Request) -> Any:
+    """Read a JSON body of at most 64 KiB or answer 400/413."""
+    body = await request.read()
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body over {MAX_BODY_BYTES // 1024} KiB")
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"invalid JSON: {e}") from None
+
+
+async def post_heartbeat(request: web.Request) -> web.Response:
+    """Take a pushed heartbeat; the first one registers the node."""
+    require_write(request)
+    body = await request.read()
+    try:
+        hb = decode(body)
+    except ValueError as e:
+        request.app[MONITOR].stats.heartbeats_rejected += 1
+        status = 413 if "KiB" in str(e) else 400
+        raise ApiError(status, f"bad heartbeat: {e}") from None
+    result = request.app[MONITOR].receive(hb, time.time())
+    if result.status >= 400:
+        raise ApiError(result.status, result.message)
+    answer: dict[str, Any] = {"accepted": not result.message, "node": hb.name}
+    if result.message:
+        answer["note"] = result.message
+    return json_response(answer, 202)
+
+
+async def put_node(request: web.Request) -> web.Response:
+    """Register a pull node at runtime (the seed's Register RPC)."""
+    require_write(request)
+    monitor = request.app[MONITOR]
+    name = request.match_info["name"]
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("address"), str):
+        raise ApiError(400, 'expected {"address": "host:port"}')
+    try:
+        address = parse.address(7071)(body["address"])
+    except ValueError as e:
+        raise ApiError(400, f"address: {e}") from None
+    existing = monitor.membership.nodes.get(name)
+    if existing is not None and existing.source == "static":
+        raise ApiError(409, f"node {name!r} is configured statically; change the monitor's --node")
+    if existing is not None and existing.mode == "push":
+        raise ApiError(409, f"node {name!r} registered itself by pushing; stop its agent first")
+    if existing is None and len(monitor.membership.nodes) >= monitor.config.max_nodes:
+        raise ApiError(403, f"node limit reached ({monitor.config.max_nodes} nodes)")
+    if existing is not None and existing.address == address:
+        return json_response(monitor.view(existing, time.time()), 200)
+    node = monitor.add_pull_node(name, address, source="api", now=time.time())
+    log.info("%s: registered at %s through the API", name, address)
+    return json_response(monitor.view(node, time.time()), 201 if existing is None else 200)
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    """Deregister a node (the seed's Deregister RPC); its history stays."""
+    require_write(request)
+    monitor = request.app[MONITOR]
+    name = request.match_info["name"]
+    node = monitor.remove_node(name)
+    if node is None:
+        raise ApiError(404, f"no node named {name!r}")
+    answer: dict[str, Any] = {"deleted": name, "mode": node.mode, "source": node.source}
+    if node.mode == "push" and node.state.value not in ("down", "left"):
+        answer["note"] = (
+            f"{name} pushes heartbeats: it comes back with its next one; "
+            "stop its agent (systemctl stop pimon-agent) to keep it away"
+        )
+    elif node.source == "static":
+        answer["note"] = f"{name} is in the monitor's configuration: it returns on restart"
+    return json_response(answer)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Serve the Prometheus exposition of every node and of the monitor itself."""
+    from pimon.exposition import CONTENT_TYPE, render_monitor
+
+    monitor = request.app[MONITOR]
+    now = time.time()
+    views = [monitor.view(n, now) for n in monitor.membership.nodes.values()]
+    text = render_monitor(views, monitor.self_metrics(), now=now)
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    """Return each notifier's delivery figures and the dead-man's switch state."""
+    return json_response(request.app[MONITOR].alerts.snapshot())
+
+
 def make_app(monitor: Monitor) -> web.Application:
     """Build the aiohttp application for ``monitor``."""
+    from pimon import dashboard, openapi, queries, sse
+
     app = web.Application(
-        middlewares=[errors_middleware, read_auth_middleware], client_max_size=64 * 1024
+        middlewares=[errors_middleware, read_auth_middleware], client_max_size=MAX_BODY_BYTES
     )
     app[MONITOR] = monitor
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_get("/v1/nodes/{name}", get_node)
+    app.router.add_put("/v1/nodes/{name}", put_node)
+    app.router.add_delete("/v1/nodes/{name}", delete_node)
+    app.router.add_post("/v1/heartbeat", post_heartbeat)
+    app.router.add_get("/v1/history", queries.history)
+    app.router.add_get("/v1/nodes/{name}/samples", queries.samples)
+    app.router.add_get("/v1/events", sse.events)
+    app.router.add_get("/v1/openapi.json", openapi.handler)
+    app.router.add_get("/v1/alerts", list_alerts)
+    dashboard.add_routes(app)
     return app

@@ -70,6 +70,10 @@ class Node:
     clock_offset_s: float | None = None
     last_error: str | None = None
     streak: int = 0
+    id: str | None = None
+    boot: str = ""
+    seq: int = -1
+    push_broken: bool = False
     history: deque[Transition] = field(default_factory=lambda: deque(maxlen=HISTORY_KEPT))
 
 
@@ -79,7 +83,9 @@ class Membership:
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.nodes: dict[str, Node] = {}
+        self.by_id: dict[str, str] = {}  # node id -> name, so a renamed node stays one node
         self.stall = StallGuard(config.max_local_pause)
+        self.stalls = 0
 
     def add(self, name: str, *, mode: str, source: str, address: str | None, now: float) -> Node:
         """Watch a node (or update the address of a known one) starting ``now``."""
@@ -95,13 +101,49 @@ class Membership:
 
     def remove(self, name: str) -> Node | None:
         """Stop watching a node; its history stays in the store."""
-        return self.nodes.pop(name, None)
+        node = self.nodes.pop(name, None)
+        if node is not None and node.id is not None and self.by_id.get(node.id) == name:
+            del self.by_id[node.id]
+        return node
+
+    @staticmethod
+    def is_stale(node: Node, hb: Heartbeat) -> bool:
+        """Return whether ``hb`` is a replay or reordering from the same agent boot."""
+        return bool(hb.boot) and hb.boot == node.boot and hb.seq <= node.seq
+
+    def rename(self, old: str, new: str) -> Node:
+        """Carry a node, its detector and its history over to a new name."""
+        node = self.nodes.pop(old)
+        node.name = new
+        self.nodes[new] = node
+        if node.id is not None:
+            self.by_id[node.id] = new
+        return node
+
+    def convict(self, name: str, reason: str, now: float) -> list[Transition]:
+        """Mark a node down on definitive evidence (a refused probe)."""
+        node = self.nodes[name]
+        node.last_error = reason
+        return self._move(node, State.DOWN, reason, now)
 
     def on_heartbeat(
-        self, name: str, hb: Heartbeat, now: float, *, rtt_ms: float | None = None
+        self,
+        name: str,
+        hb: Heartbeat,
+        now: float,
+        *,
+        rtt_ms: float | None = None,
+        reason: str | None = None,
     ) -> list[Transition]:
         """Take a heartbeat received at ``now`` (monitor time, never the sender's)."""
         node = self.nodes[name]
+        if self.is_stale(node, hb):
+            return []
+        if node.id != hb.id:
+            if node.id is not None:
+                self.by_id.pop(node.id, None)
+            self.by_id[hb.id] = name
+        node.id, node.boot, node.seq = hb.id, hb.boot, hb.seq
         if node.state in (State.DOWN, State.LEFT, State.UNKNOWN):
             # A long silence is not a sample of the inter-arrival distribution.
             node.detector.reset()
@@ -117,11 +159,9 @@ class Membership:
             return self._move(node, State.LEFT, "agent shut down", now)
         if not hb.ok:
             return self._move(node, State.DEGRADED, "; ".join(hb.problems) or "agent not ok", now)
-        reason = (
-            "heartbeat ok"
-            if node.state in (State.UNKNOWN, State.DEGRADED)
-            else "heartbeat received"
-        )
+        if reason is None:
+            fresh = node.state in (State.UNKNOWN, State.DEGRADED)
+            reason = "heartbeat ok" if fresh else "heartbeat received"
         return self._move(node, State.UP, reason, now)
 
     def on_failure(self, name: str, kind: Failure, detail: str, now: float) -> list[Transition]:
@@ -142,6 +182,7 @@ class Membership:
         """Re-evaluate every node's detector at ``now``."""
         gap = self.stall.observe(now)
         if gap > 0:
+            self.stalls += 1
             for node in self.nodes.values():
                 node.detector.shift(gap, now=now)
                 node.watched_since += gap

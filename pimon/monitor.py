@@ -1,26 +1,41 @@
-"""The monitor daemon: wires poller, detector ticks, membership, events and the API."""
+"""The monitor daemon: wires poller, receiver, detector ticks, membership, store and events."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from aiohttp import web
-
-from pimon import __version__
+from pimon.alerts import AlertConfig
+from pimon.claims import Claim, claim
 from pimon.detector import DetectorConfig
-from pimon.membership import Membership, Transition
-from pimon.parse import NodeSpec, join_host_port
-from pimon.poller import Poller, PollResult
+from pimon.events import Events
+from pimon.membership import Failure, Membership, Node, State, Transition
+from pimon.outbox import AlertService
+from pimon.parse import NodeSpec
+from pimon.poller import Poller, PollResult, poll_once
+from pimon.store import NodeRecord, Store
+from pimon.views import node_view
+from pimon.wire import Heartbeat
 
 log = logging.getLogger("pimon.monitor")
 
 TICK_S = 0.1
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+UPTIME_WINDOWS = ("1h", "24h", "7d", "30d")
+UPTIME_REFRESH_S = 30.0
+SAMPLE_EVERY_S = 10.0  # metric samples kept per node; the detector sees every heartbeat
+SAMPLED = (
+    "cpu_percent",
+    "mem_percent",
+    "swap_percent",
+    "disk_percent",
+    "temp_c",
+    "load1",
+    "load5",
+    "load15",
+)
 
 
 @dataclass(slots=True)
@@ -36,6 +51,7 @@ class MonitorConfig:
     insecure: bool = False
     max_nodes: int = 10000
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
 
 
 @dataclass(slots=True)
@@ -44,99 +60,270 @@ class Stats:
 
     started_at: float = field(default_factory=time.time)
     heartbeats_received: int = 0
+    heartbeats_rejected: int = 0
     transitions: int = 0
+    local_pauses: int = 0
     loop_lag_s: float = 0.0
     loop_lag_max_s: float = 0.0
 
 
-class Events:
-    """Fan transitions out to subscribers; a slow subscriber loses events, never blocks."""
-
-    def __init__(self) -> None:
-        self.queues: set[asyncio.Queue[Transition]] = set()
-        self.dropped = 0
-
-    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Transition]:
-        """Return a new queue that receives every future transition."""
-        queue: asyncio.Queue[Transition] = asyncio.Queue(maxsize)
-        self.queues.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[Transition]) -> None:
-        """Stop delivering to ``queue``."""
-        self.queues.discard(queue)
-
-    def publish(self, transitions: Iterable[Transition]) -> None:
-        """Deliver transitions to every subscriber without waiting."""
-        for t in transitions:
-            for queue in self.queues:
-                try:
-                    queue.put_nowait(t)
-                except asyncio.QueueFull:
-                    self.dropped += 1
-
-
 class Monitor:
-    """Watch nodes: poll the pull ones, judge them all, publish what changes."""
+    """Watch nodes: poll the pull ones, receive pushes, judge them all, publish changes."""
 
-    def __init__(self, config: MonitorConfig) -> None:
+    def __init__(self, config: MonitorConfig, store: Store | None = None) -> None:
         self.config = config
-        detector = config.detector
-        if detector.interval != config.interval:
-            detector = replace(detector, interval=config.interval)
-        self.membership = Membership(detector)
+        self.membership = Membership(replace(config.detector, interval=config.interval))
         self.poller = Poller(config.interval, self._on_poll)
         self.events = Events()
         self.stats = Stats()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.store = store
+        self._sampled_at: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.uptimes: dict[str, dict[str, float | None]] = {}
+        self.alerts = AlertService(self)
 
     async def start(self) -> None:
-        """Start polling the static nodes and the detector ticks."""
+        """Restore known nodes, start polling and the detector ticks."""
         await self.poller.start()
         now = time.time()
+        if self.store is not None:
+            self._restore(await asyncio.to_thread(self.store.load_nodes), now)
         for spec in self.config.nodes:
             self.add_pull_node(spec.name, spec.address, source="static", now=now)
-        self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
+        self._spawn(self._ticker(), "ticker")
+        if self.store is not None:
+            self._spawn(self._uptime_refresher(), "uptime")
+        await self.alerts.start()
 
     async def stop(self) -> None:
         """Stop every task and close connections."""
-        for task in self._tasks:
+        await self.alerts.stop()
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poller.close()
 
-    def add_pull_node(self, name: str, address: str, *, source: str, now: float) -> None:
-        """Watch a pull node and start polling it."""
-        self.membership.add(name, mode="pull", source=source, address=address, now=now)
-        self.poller.watch(name, address)
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def remove_node(self, name: str) -> bool:
-        """Stop watching a node; return whether it was known."""
+    def _restore(self, records: list[NodeRecord], now: float) -> None:
+        # Whatever happened while the monitor was away is unknown: say so in the
+        # history from the moment it was last alive, then wait for heartbeats.
+        away_since = max((r.last_seen or 0.0 for r in records), default=0.0) or now
+        for rec in records:
+            node = self.membership.add(
+                rec.name, mode=rec.mode, source=rec.source, address=rec.address, now=now
+            )
+            node.id = rec.id
+            if rec.id:
+                self.membership.by_id[rec.id] = rec.name
+            node.last_seen = rec.last_seen
+            if rec.state == State.LEFT:
+                node.state, node.since, node.reason = State.LEFT, rec.since, "agent shut down"
+            elif rec.state != State.UNKNOWN:
+                t = Transition(
+                    rec.name,
+                    State(rec.state),
+                    State.UNKNOWN,
+                    max(away_since, rec.since),
+                    "monitor restarted: state unknown until the next heartbeat",
+                )
+                node.history.append(t)
+                self.publish([t])
+            if rec.mode == "pull" and rec.address and rec.source == "api":
+                self.poller.watch(rec.name, rec.address)
+        log.info("restored %d nodes from the history database", len(records))
+
+    # Membership changes
+
+    def add_pull_node(self, name: str, address: str, *, source: str, now: float) -> Node:
+        """Watch a pull node and start polling it."""
+        node = self.membership.add(name, mode="pull", source=source, address=address, now=now)
+        self.poller.watch(name, address)
+        self._persist(node)
+        return node
+
+    def remove_node(self, name: str) -> Node | None:
+        """Stop watching a node; its history stays."""
         self.poller.unwatch(name)
-        return self.membership.remove(name) is not None
+        node = self.membership.remove(name)
+        if node is not None:
+            self._sampled_at.pop(name, None)
+            self.events.removed(name)
+            if self.store is not None:
+                self.store.delete_node(name)
+            log.info("%s: deregistered", name)
+        return node
+
+    def receive(self, hb: Heartbeat, now: float) -> Claim:
+        """Take a pushed heartbeat."""
+        result = claim(self.membership, hb, now, max_nodes=self.config.max_nodes)
+        if result.status >= 400:
+            self.stats.heartbeats_rejected += 1
+            return result
+        self.stats.heartbeats_received += 1
+        if result.renamed_from:
+            log.info("%s: renamed to %s (same node id %s)", result.renamed_from, hb.name, hb.id)
+            self.poller.unwatch(result.renamed_from)
+            if self.store is not None:
+                self.store.delete_node(result.renamed_from)
+            self.events.removed(result.renamed_from)
+        if result.replaced:
+            log.warning(
+                "%s: name taken over by node id %s (was %s)", hb.name, hb.id, result.replaced
+            )
+        if result.created:
+            log.info("%s: registered by its first push (id %s)", hb.name, hb.id)
+        node = self.membership.nodes[hb.name]
+        if node.mode == "push" and node.address and hb.name in self.poller.tasks:
+            self.poller.unwatch(hb.name)  # the push path works again: stop the fallback polling
+        self._after_heartbeat(node, hb, now, result.transitions, force=result.created)
+        return result
 
     def _on_poll(self, name: str, result: PollResult) -> None:
-        if name not in self.membership.nodes:
+        node = self.membership.nodes.get(name)
+        if node is None:
             return  # deregistered while its poll was in flight
         if result.heartbeat is not None:
             self.stats.heartbeats_received += 1
             changes = self.membership.on_heartbeat(
                 name, result.heartbeat, result.received_at, rtt_ms=result.rtt_ms
             )
+            self._after_heartbeat(node, result.heartbeat, result.received_at, changes)
         else:
             assert result.failure is not None
             log.debug("%s: poll failed: %s", name, result.detail)
-            changes = self.membership.on_failure(
-                name, result.failure, result.detail, result.received_at
+            self.publish(
+                self.membership.on_failure(name, result.failure, result.detail, result.received_at)
             )
+
+    def _after_heartbeat(
+        self, node: Node, hb: Heartbeat, now: float, changes: list[Transition], force: bool = False
+    ) -> None:
         self.publish(changes)
+        self.events.touched(node.name)
+        if self.store is None:
+            return
+        if force or changes or now - self._sampled_at.get(node.name, 0.0) >= SAMPLE_EVERY_S:
+            self._sampled_at[node.name] = now
+            values: dict[str, float | None] = {k: getattr(hb.metrics, k) for k in SAMPLED}
+            values["rtt_ms"] = node.rtt_ms
+            self.store.record_sample(node.name, now, values)
+            self._persist(node)
 
     def publish(self, transitions: list[Transition]) -> None:
-        """Log and fan out state changes."""
+        """Log, store and fan out state changes; probe push nodes that turn suspect."""
         for t in transitions:
             log.info("%s: %s -> %s (%s)", t.node, t.old, t.new, t.reason)
+            if self.store is not None:
+                self.store.record_transition(t)
+                node = self.membership.nodes.get(t.node)
+                if node is not None:
+                    self._persist(node)
+            if t.new is State.SUSPECT:
+                self._maybe_probe(t.node)
         self.stats.transitions += len(transitions)
         self.events.publish(transitions)
+
+    def _persist(self, node: Node) -> None:
+        if self.store is None:
+            return
+        self.store.upsert_node(
+            NodeRecord(
+                node.name,
+                node.id,
+                node.address,
+                node.mode,
+                node.source,
+                str(node.state),
+                node.since,
+                node.last_seen,
+                node.watched_since,
+                {},
+            )
+        )
+
+    # Probe on suspicion (push nodes)
+
+    def _maybe_probe(self, name: str) -> None:
+        node = self.membership.nodes.get(name)
+        if node is None or node.mode != "push" or not node.address or name in self.poller.tasks:
+            return
+        self._spawn(self._probe(name, node.address), f"probe {name}")
+
+    async def _probe(self, name: str, address: str) -> None:
+        assert self.poller.session is not None
+        result = await poll_once(self.poller.session, address, self.poller.timeout)
+        node = self.membership.nodes.get(name)
+        if node is None or node.state is not State.SUSPECT:
+            return  # a push arrived meanwhile, or it was deregistered
+        if result.heartbeat is not None:
+            log.warning(
+                "%s: pushes stopped but its agent answers at %s: push path broken; "
+                "polling it until pushes resume",
+                name,
+                address,
+            )
+            node.push_broken = True
+            changes = self.membership.on_heartbeat(
+                name,
+                result.heartbeat,
+                result.received_at,
+                rtt_ms=result.rtt_ms,
+                reason="push path broken",
+            )
+            self._after_heartbeat(node, result.heartbeat, result.received_at, changes)
+            self.poller.watch(name, address)
+        elif result.failure is Failure.REFUSED:
+            self.publish(self.membership.convict(name, result.detail, result.received_at))
+        else:
+            log.info("%s: probe of %s: %s; waiting for the detector", name, address, result.detail)
+
+    # Views and self-metrics
+
+    def view(self, node: Node, now: float) -> dict[str, Any]:
+        """Return a node's API view, with its uptime per window."""
+        view = node_view(node, now)
+        uptime = self.uptimes.get(node.name, {})
+        for window in UPTIME_WINDOWS:
+            view[f"uptime_{window}"] = uptime.get(window)
+        return view
+
+    async def _uptime_refresher(self) -> None:
+        assert self.store is not None
+        while True:
+            # Off the event loop: uptime needs a month of transitions per node.
+            names = list(self.membership.nodes)
+            self.uptimes = await asyncio.to_thread(self._compute_uptimes, names, time.time())
+            await asyncio.sleep(UPTIME_REFRESH_S)
+
+    def _compute_uptimes(self, names: list[str], now: float) -> dict[str, dict[str, float | None]]:
+        assert self.store is not None
+        return {name: self.store.uptime(name, now) for name in names}
+
+    def self_metrics(self) -> dict[str, float]:
+        """Return the monitor's own counters under their exposition names."""
+        s = self.stats
+        stats: dict[str, float] = {
+            "pimon_monitor_start_time_seconds": s.started_at,
+            "pimon_monitor_heartbeats_received_total": s.heartbeats_received,
+            "pimon_monitor_heartbeats_rejected_total": s.heartbeats_rejected,
+            "pimon_monitor_polls_total": self.poller.polls,
+            "pimon_monitor_poll_errors_total": self.poller.errors,
+            "pimon_monitor_transitions_total": s.transitions,
+            "pimon_monitor_event_loop_lag_seconds": s.loop_lag_s,
+            "pimon_monitor_event_loop_lag_max_seconds": s.loop_lag_max_s,
+            "pimon_monitor_local_pauses_total": s.local_pauses,
+            "pimon_monitor_event_subscribers": self.events.subscribers,
+            "pimon_monitor_events_dropped_total": self.events.dropped,
+        }
+        if self.store is not None:
+            health = self.store.health()
+            stats["pimon_monitor_db_write_errors_total"] = health.write_errors
+            stats["pimon_monitor_db_pending_writes"] = health.pending
+        return stats
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,59 +334,5 @@ class Monitor:
             self.stats.loop_lag_s = lag
             self.stats.loop_lag_max_s = max(self.stats.loop_lag_max_s, lag)
             self.publish(self.membership.tick(time.time()))
+            self.stats.local_pauses = self.membership.stalls
             expected = max(expected + TICK_S, loop.time())
-
-
-def bind_host(config: MonitorConfig) -> str:
-    """Return the host to bind: loopback when no token protects a public listen."""
-    host = config.listen[0]
-    if config.token or config.insecure or host in LOOPBACK:
-        return host
-    log.warning(
-        "no token configured: listening on loopback only; set --token-file or pass --insecure"
-    )
-    return "::1" if ":" in host else "127.0.0.1"
-
-
-async def serve(config: MonitorConfig, ready: asyncio.Event | None = None) -> None:
-    """Run the monitor until cancelled or signalled."""
-    from pimon.api import make_app
-
-    monitor = Monitor(config)
-    await monitor.start()
-    app = make_app(monitor)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, bind_host(config), config.listen[1])
-    await site.start()
-    server = getattr(site, "_server", None)
-    sockets = getattr(server, "sockets", None) or []
-    host, port = sockets[0].getsockname()[:2] if sockets else config.listen
-    if config.insecure and not config.token:
-        log.warning("--insecure: the API accepts writes from anyone who can reach it")
-    log.info(
-        "pimon monitor %s listening on http://%s (%d nodes, interval %ss)",
-        __version__,
-        join_host_port(host, port),
-        len(config.nodes),
-        config.interval,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-        log.info("stopping")
-    finally:
-        await runner.cleanup()
-        await monitor.stop()
-        log.info("pimon monitor stopped")
-
-
-def run(config: MonitorConfig) -> int:
-    """Run the monitor in the foreground."""
-    asyncio.run(serve(config))
-    return 0

@@ -1,0 +1,87 @@
+"""Run the monitor process: open the store, serve the app, stop cleanly on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from pimon import __version__
+from pimon.monitor import Monitor, MonitorConfig
+from pimon.parse import join_host_port
+from pimon.store import Store, StoreError, default_db_path
+
+log = logging.getLogger("pimon.monitor")
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def bind_host(config: MonitorConfig) -> str:
+    """Return the host to bind: loopback when no token protects a public listen."""
+    host = config.listen[0]
+    if config.token or config.insecure or host in LOOPBACK:
+        return host
+    log.warning(
+        "no token configured: listening on loopback only; set --token-file or pass --insecure"
+    )
+    return "::1" if ":" in host else "127.0.0.1"
+
+
+def open_store(config: MonitorConfig) -> Store:
+    """Open the history database, or raise StoreError with a clear reason."""
+    store = Store(config.db or default_db_path())
+    store.open()
+    return store
+
+
+async def serve(config: MonitorConfig, store: Store) -> None:
+    """Run the monitor until SIGTERM or SIGINT."""
+    from pimon.api import make_app
+
+    monitor = Monitor(config, store)
+    await monitor.start()
+    runner = web.AppRunner(make_app(monitor), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, bind_host(config), config.listen[1])
+    await site.start()
+    server = getattr(site, "_server", None)
+    sockets = getattr(server, "sockets", None) or []
+    host, port = sockets[0].getsockname()[:2] if sockets else config.listen
+    if config.insecure and not config.token:
+        log.warning("--insecure: the API accepts writes from anyone who can reach it")
+    log.info(
+        "pimon monitor %s listening on http://%s (%d nodes, interval %ss, db %s)",
+        __version__,
+        join_host_port(host, port),
+        len(monitor.membership.nodes),
+        config.interval,
+        store.path,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        await monitor.stop()
+
+
+def run(config: MonitorConfig) -> int:
+    """Run the monitor in the foreground; exit 2 when the database cannot be opened."""
+    try:
+        store = open_store(config)
+    except StoreError as e:
+        print(f"pimon monitor: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        asyncio.run(serve(config, store))
+    finally:
+        store.close()
+        log.info("pimon monitor stopped")
+    return 0
