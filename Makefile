@@ -29,6 +29,9 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+docs: $(STAMP)
+	$(PY) -m pimon.configcmd docs/configuration.md
+
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -92,7 +92,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--name: {e}") from None
     thresholds = Thresholds(
-        disk_percent=s.disk_max_percent, temp_c=s.temp_max_c, mem_percent=s.mem_max_percent
+        disk_percent=s.disk_max_percent,
+        temp_c=s.temp_max_c,
+        mem_percent=s.mem_max_percent,
+        swap_pages_per_s=s.swap_pages_per_s,
+        swap_sustain_s=s.swap_sustain_s,
     )
     return run_agent(
         AgentConfig(
@@ -113,7 +117,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     """Run the monitor."""
     from pimon.detector import DetectorConfig
     from pimon.monitor import MonitorConfig
-    from pimon.monitor import run as run_monitor
+    from pimon.notifiers import alert_config
+    from pimon.server import run as run_monitor
 
     s = settings(args, "monitor")
     setup_logging(s.log_level)
@@ -141,6 +146,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             insecure=s.insecure,
             max_nodes=s.max_nodes,
             detector=detector,
+            alerts=alert_config(s, getattr(args, "config", None)),
         )
     )
 
@@ -173,11 +179,113 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status(s.monitor, read_token(s.token_file), as_json=args.json)
 
 
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """Register or deregister a node at runtime."""
+    from pimon.client import ApiError, MonitorUnreachable, request
+    from pimon.parse import address
+
+    s = settings(args, "client")
+    token = read_token(s.token_file)
+    try:
+        if args.action == "add":
+            try:
+                where = address(7071)(args.address)
+            except ValueError as e:
+                raise UsageError(f"address {args.address!r}: {e}") from None
+            view = request(
+                s.monitor,
+                f"/v1/nodes/{args.name}",
+                method="PUT",
+                token=token,
+                body={"address": where},
+            )
+            print(f"{view['name']}: registered at {view['address']} ({view['state']})")
+        else:
+            answer = request(s.monitor, f"/v1/nodes/{args.name}", method="DELETE", token=token)
+            print(f"{args.name}: deregistered")
+            if answer.get("note"):
+                print(f"note: {answer['note']}")
+    except MonitorUnreachable as e:
+        print(f"pimon nodes: {e}", file=sys.stderr)
+        return 2
+    except ApiError as e:
+        print(f"pimon nodes: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print state changes, outage durations and uptime per window."""
+    from pimon.history import run as run_history
+
+    s = settings(args, "client")
+    try:
+        since = parse.duration(args.since)
+    except ValueError as e:
+        raise UsageError(f"--since {args.since!r}: {e} (use an age like 90m, 24h or 7d)") from None
+    return run_history(
+        s.monitor, read_token(s.token_file), node=args.node, since_s=since, as_json=args.json
+    )
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Show a live table of node states until Ctrl-C."""
+    from pimon.watch import run as run_watch
+
+    s = settings(args, "client")
+    return run_watch(s.monitor, read_token(s.token_file))
+
+
+def add_history_and_watch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``history`` and ``watch`` subcommands."""
+    p = sub.add_parser("history", help="print state changes, outages and uptime per window")
+    p.add_argument("node", nargs="?", type=_node_name, metavar="NODE", help="only this node")
+    p.add_argument("--since", default="24h", metavar="AGE", help="how far back: 90m, 24h, 7d (24h)")
+    p.add_argument("--json", action="store_true", help="print changes, outages, uptime as JSON")
+    add_settings(p, "client")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("watch", help="live table of node states, fed by the monitor's events")
+    add_settings(p, "client")
+    p.set_defaults(func=cmd_watch)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run a local demo cluster."""
     from pimon.demo import run_demo
 
     return run_demo(args.nodes, chaos=args.chaos)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Show the effective settings, or check a config file."""
+    from pimon import configcmd
+
+    if args.action == "check":
+        return configcmd.check(args.file)
+    path = getattr(args, "config", None) or args.show_config
+    flags = vars(args) if args.section else {}
+    return configcmd.show(args.section, flags, os.environ, path)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    """Install, enable and start the systemd unit of the agent or the monitor."""
+    from pimon.service import install
+
+    return install(
+        args.part,
+        root=args.root,
+        user=args.user,
+        dynamic_user=args.dynamic_user,
+        print_only=args.print_only,
+    )
+
+
+def cmd_alert(args: argparse.Namespace) -> int:
+    """Send a test event to every notifier of the config file."""
+    from pimon.notifiers import run_test
+
+    return run_test(args.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,11 +309,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the node views as JSON")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("nodes", help="register or deregister nodes at runtime")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="register a pull node: NAME HOST[:PORT]")
+    add.add_argument("name", type=_node_name, metavar="NAME")
+    add.add_argument("address", metavar="HOST[:PORT]")
+    remove = actions.add_parser("remove", help="deregister a node (its history stays)")
+    remove.add_argument("name", type=_node_name, metavar="NAME")
+    for q in (add, remove):
+        add_settings(q, "client")
+        q.set_defaults(func=cmd_nodes)
+
+    add_history_and_watch(sub)
+
     p = sub.add_parser("demo", help="run a monitor and N agents on loopback")
     p.add_argument("--nodes", type=_positive_int, default=5, metavar="N", help="agents (5)")
     p.add_argument("--chaos", action="store_true", help="kill and restart an agent every ~20 s")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="show the effective settings or check a config file")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print each setting, its value and where it came from")
+    show.add_argument("--config", dest="show_config", metavar="F", help="TOML config file")
+    parts = show.add_subparsers(dest="section", metavar="SECTION")
+    for section in config.SECTIONS:
+        add_settings(parts.add_parser(section, help=f"only [{section}], with its flags"), section)
+    check = actions.add_parser("check", help="validate a config file (exit 2 naming key and line)")
+    check.add_argument("file", metavar="F")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("install-service", help="start the agent or the monitor on boot (systemd)")
+    p.add_argument("part", choices=("agent", "monitor"))
+    p.add_argument("--print", dest="print_only", action="store_true", help="only print the unit")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--user", default="pimon", help="system user to run as, created if missing")
+    who.add_argument("--dynamic-user", action="store_true", help="run as DynamicUser=yes")
+    p.add_argument("--root", default="/", metavar="DIR", help="install into this tree (/)")
+    p.set_defaults(func=cmd_install_service)
+
+    p = sub.add_parser("alert", help="check the notifiers of [[alerts]]")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    test = actions.add_parser("test", help="send a test event to every notifier (1 if one fails)")
+    test.add_argument("--config", metavar="F", help="TOML config file (default: as the monitor)")
+    test.set_defaults(func=cmd_alert)
     return parser
+
+
+def _node_name(text: str) -> str:
+    try:
+        return parse.node_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:

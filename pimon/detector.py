@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass, fields
@@ -67,6 +68,19 @@ def phi_of(elapsed: float, mean: float, std: float) -> float:
     return min(softplus / _LN10, PHI_MAX)
 
 
+@functools.cache
+def crossing(threshold: float) -> float:
+    """Return y = (elapsed - mean) / std at which phi reaches ``threshold``."""
+    low, high = -50.0, 50.0  # phi depends on y alone and grows with it: bisect once
+    for _ in range(200):
+        mid = (low + high) / 2
+        if phi_of(mid, 0.0, 1.0) < threshold:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
 class PhiAccrual:
     """Judge one node from the arrival times of its heartbeats."""
 
@@ -78,6 +92,10 @@ class PhiAccrual:
         self._sum = 0.0
         self._sum_sq = 0.0
         self._until_resum = config.window
+        # Before these moments phi cannot reach the threshold: a tick over thousands
+        # of nodes compares one float instead of computing phi.
+        self.suspect_at = math.inf
+        self.down_at = math.inf
 
     @property
     def samples(self) -> int:
@@ -103,6 +121,7 @@ class PhiAccrual:
         if last is None:
             self._seed()
             self.last_arrival = now
+            self._refresh()
             return
         # A gap long enough to convict the node down is an outage or a restart, not a sample of
         # its rhythm; recorded, it would inflate mean and std and blunt detection for a whole
@@ -110,6 +129,16 @@ class PhiAccrual:
         if self.phi_down(now) < self.config.threshold:
             self._record(max(now - last, 0.0))
         self.last_arrival = max(last, now)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.last_arrival is None:
+            self.suspect_at = self.down_at = math.inf
+            return
+        # Slightly early is harmless (phi is then computed exactly); late would not be.
+        base = self.last_arrival + self.mean + self.std * crossing(self.config.threshold) - 1e-6
+        self.suspect_at = base + self.config.suspect_pause * self.interval
+        self.down_at = base + self.config.down_pause * self.interval
 
     def phi(self, now: float, pause: float = 0.0) -> float:
         """Return phi at `now`, with `pause` seconds of silence accepted beyond the mean."""
@@ -145,11 +174,13 @@ class PhiAccrual:
         # A heartbeat handled just after the stall is fresh already; pushing it into the future
         # would hide the node's next silence.
         self.last_arrival = shifted if now is None else max(self.last_arrival, min(shifted, now))
+        self._refresh()
 
     def reset(self) -> None:
         """Forget all history; the next heartbeat bootstraps afresh at the current interval."""
         self.last_arrival = None
         self._clear()
+        self._refresh()
 
     def set_interval(self, interval: float) -> None:
         """Expect heartbeats every `interval` seconds from now on, re-seeding the window."""
@@ -158,6 +189,7 @@ class PhiAccrual:
         self.interval = interval
         if self.last_arrival is not None:
             self._seed()
+        self._refresh()
 
     def _seed(self) -> None:
         """Fill the window like Akka (mean = interval, std = interval / 4) to detect at once."""

@@ -188,6 +188,11 @@ class Membership:
                 node.watched_since += gap
         out: list[Transition] = []
         for node in self.nodes.values():
+            state = node.state
+            if state in ALIVE and now < node.detector.suspect_at:
+                continue
+            if state is State.SUSPECT and now < node.detector.down_at:
+                continue
             out.extend(self._evaluate(node, now))
         return out
 

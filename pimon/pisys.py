@@ -5,6 +5,11 @@ Sensor files are found once and cached (globbing sysfs on every sample would
 cost more than reading it); when something is missing the search is retried
 every ``RESCAN_S`` seconds, and a cached file that stops reading triggers a
 fresh search on the next sample (hwmon numbers can change on driver reload).
+
+Throttling on a Raspberry Pi: the ``rpi_volt`` alarm (Pi 4 and 5 kernels) is a
+file read, so the current under-voltage is fresh on every sample; the other
+flags need ``vcgencmd get_throttled``, a fork costing a few milliseconds, so
+it runs at most every ``VCGENCMD_EVERY_S`` seconds and is cached in between.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ log = logging.getLogger(__name__)
 Runner = Callable[[list[str]], str | None]
 
 RESCAN_S = 300.0
+VCGENCMD_EVERY_S = 10.0
+UNDER_VOLTAGE_BIT = 1 << 0
 READ_LIMIT = 1 << 20
 # `vcgencmd get_throttled` bits, in bit order; unknown bits are ignored.
 THROTTLE_FLAGS: dict[int, str] = {
@@ -151,6 +158,8 @@ class Sensors:
         self._temp_files: list[str] = []
         self._volt_alarm: str | None = None
         self._scanned_at: float | None = None
+        self._mask = 0  # the last get_throttled answer, reused until it is due again
+        self._asked_at: float | None = None
 
     def _rescan_if_due(self, now: float, *, force: bool = False) -> None:
         missing = not self._temp_files or (not self._vcgencmd and self._volt_alarm is None)
@@ -176,14 +185,23 @@ class Sensors:
         return round(max(good), 1) if good else None
 
     def throttled(self, now: float) -> list[str]:
-        """Return the throttle flags from ``rpi_volt``, else vcgencmd, else nothing."""
+        """Return throttle flags: vcgencmd's, cached, with a fresh under-voltage from rpi_volt."""
         self._rescan_if_due(now)
         if self._volt_alarm is not None and self._vanished([self._volt_alarm]):
             self._rescan_if_due(now, force=True)
-        if self._volt_alarm is not None:
-            return ["under-voltage"] if _int_file(self._volt_alarm) == 1 else []
+        mask = self._firmware_mask(now)
+        alarm = _int_file(self._volt_alarm) if self._volt_alarm is not None else None
+        if alarm is not None:
+            mask = (mask & ~UNDER_VOLTAGE_BIT) | (UNDER_VOLTAGE_BIT if alarm == 1 else 0)
+        return decode_throttled(mask)
+
+    def _firmware_mask(self, now: float) -> int:
         if not self._vcgencmd:
-            return []
+            return 0
+        # A clock that went backwards also makes it due, rather than never.
+        if self._asked_at is not None and 0 <= now - self._asked_at < VCGENCMD_EVERY_S:
+            return self._mask
+        self._asked_at = now
         output = self._run(VCGENCMD)
         mask = parse_get_throttled(output) if output is not None else None
         if mask is None:
@@ -191,8 +209,8 @@ class Sensors:
             debug_once(
                 "vcgencmd", f"vcgencmd get_throttled unusable ({output!r}); not asking again"
             )
-            return []
-        return decode_throttled(mask)
+        self._mask = mask or 0
+        return self._mask
 
 
 def _int_file(path: str) -> int | None:

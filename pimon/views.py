@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from pimon.membership import Node, Transition
-from pimon.wire import metrics_dict
 
 
 def node_view(node: Node, now: float) -> dict[str, Any]:
@@ -34,7 +35,8 @@ def node_view(node: Node, now: float) -> dict[str, Any]:
         "ok": hb.ok if hb else None,
         "problems": list(hb.problems) if hb else [],
         "leaving": hb.leaving if hb else False,
-        "metrics": metrics_dict(hb.metrics) if hb else None,
+        # msgspec converts the dataclass ~20x faster than dataclasses.asdict.
+        "metrics": msgspec.to_builtins(hb.metrics) if hb else None,
     }
 
 

@@ -93,11 +93,60 @@ def test_pi5_uses_rpi_volt_and_the_cpu_hwmon_not_hotter_chips():
     m, found = c.sample(0.0)
     assert m.model == "Raspberry Pi 5 Model B Rev 1.0"  # from /sys/firmware/devicetree
     assert m.temp_c == 61.2  # cpu_thermal, not rp1_adc at 71 °C
-    assert m.throttled == []
+    # rpi_volt reads 0, so vcgencmd's "under-voltage now" bit is overruled; the rest stands.
+    assert m.throttled == [
+        "arm-frequency-capped",
+        "throttled",
+        "soft-temp-limit",
+        "under-voltage-since-boot",
+        "arm-frequency-capped-since-boot",
+        "throttled-since-boot",
+        "soft-temp-limit-since-boot",
+    ]
     assert (m.mem_percent, m.swap_percent) == (96.0, 75.0)
     assert (m.net_rx_bytes, m.net_tx_bytes) == (5000000000, 1200000000)
-    assert found == ["disk / 93% full", "memory 96% used"]
-    assert run.calls == []  # rpi_volt answers; no fork
+    assert found == [
+        "disk / 93% full",
+        "memory 96% used",
+        "arm frequency capped",
+        "throttled",
+        "soft temperature limit",
+    ]
+    assert run.calls == [VCGENCMD]
+
+
+def test_rpi_volt_is_read_every_sample_and_vcgencmd_every_10_s(tmp_path):
+    root = tree("pi5", tmp_path)
+    alarm = root / "sys/class/hwmon/hwmon2/in0_lcrit_alarm"
+    run = FakeRun("throttled=0x50000\n")  # under-voltage and throttling, since boot only
+    c = Collector(str(root), run=run, statvfs=fake_statvfs(root, {"/": 1.0}))
+    seen: dict[int, list[str]] = {}
+    for second in range(26):
+        alarm.write_text("1\n" if 3 <= second < 5 else "0\n")
+        if second == 11:
+            run.output = "throttled=0x50002\n"  # the ARM frequency is capped from now on
+        seen[second] = c.sample(float(second))[0].throttled
+    since_boot = ["under-voltage-since-boot", "throttled-since-boot"]
+    assert seen[2] == seen[5] == since_boot
+    assert seen[3] == seen[4] == ["under-voltage", *since_boot]  # fresh, not the cached bit
+    assert seen[19] == since_boot  # vcgencmd last asked at 10 s
+    assert seen[20] == ["arm-frequency-capped", *since_boot]
+    assert run.calls == [VCGENCMD] * 3  # at 0, 10 and 20 s
+
+
+def test_failing_vcgencmd_leaves_rpi_volt_in_charge(tmp_path):
+    root = tree("pi4", tmp_path)
+    hwmon = root / "sys/class/hwmon/hwmon1"
+    hwmon.mkdir(parents=True)
+    (hwmon / "name").write_text("rpi_volt\n")
+    (hwmon / "in0_lcrit_alarm").write_text("1\n")
+    run = FakeRun(None)
+    c = Collector(str(root), run=run, statvfs=fake_statvfs(root, {"/": 1.0}))
+    for second in range(0, 40, 5):
+        m, found = c.sample(float(second))
+        assert m.throttled == ["under-voltage"]
+        assert found[-1] == "under-voltage"
+    assert run.calls == [VCGENCMD]
 
 
 def test_pi5_under_voltage_alarm_is_a_problem(tmp_path):

@@ -331,3 +331,18 @@ def test_phi_of_is_monotonic_finite_and_non_negative(
 ) -> None:
     early, late = sorted(elapsed)
     assert 0.0 <= phi_of(early, mean, std) <= phi_of(late, mean, std) <= PHI_MAX
+
+
+def test_precomputed_deadlines_match_the_exact_phi_crossings() -> None:
+    detector = PhiAccrual(DetectorConfig())
+    rng = random.Random(7)
+    t = 0.0
+    for _ in range(200):
+        t += 1.0 + rng.uniform(-0.1, 0.1)
+        detector.heartbeat(t)
+    assert detector.verdict(detector.suspect_at - 1e-3) is Verdict.ALIVE
+    assert detector.verdict(detector.suspect_at + 1e-3) is Verdict.SUSPECT
+    assert detector.verdict(detector.down_at - 1e-3) is Verdict.SUSPECT
+    assert detector.verdict(detector.down_at + 1e-3) is Verdict.DOWN
+    detector.reset()
+    assert detector.suspect_at == math.inf and detector.down_at == math.inf

@@ -96,3 +96,22 @@ def test_unknown_node_is_a_json_404(procs: Procs) -> None:
         assert json.loads(e.read()) == {"error": "no node named 'nope'", "status": 404}
     else:
         raise AssertionError("expected 404")
+
+
+def test_frozen_monitor_convicts_nobody_when_it_wakes(procs: Procs) -> None:
+    import os
+    import signal
+
+    agents = [procs.agent(f"pi-{i}") for i in range(1, 3)]
+    url = procs.monitor(*[f"--node=pi-{i}={a.address}" for i, a in enumerate(agents, 1)])
+    wait_until(lambda: set(states(url).values()) == {"up"}, DETECTION_BOUND_S, "all up")
+    monitor = procs.last_monitor.proc
+    assert monitor is not None
+    os.kill(monitor.pid, signal.SIGSTOP)  # like swapping or a stuck SD card write
+    time.sleep(8.0)  # longer than the down bound (~3.3 s at 0.5 s)
+    os.kill(monitor.pid, signal.SIGCONT)
+    time.sleep(2.0)
+    for name in ("pi-1", "pi-2"):
+        view = get_json(f"{url}/v1/nodes/{name}")
+        assert view["state"] == "up", view
+        assert [t["new"] for t in view["transitions"]] == ["up"], view["transitions"]
