@@ -86,6 +86,22 @@ class Child:
         return self.proc.returncode
 
 
+def agent_args(name: str, state_dir: str, interval: float, *extra: str) -> list[str]:
+    """Return the arguments of a loopback agent on a free port."""
+    return [
+        "agent",
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        str(interval),
+        "--state-dir",
+        state_dir,
+        *extra,
+    ]
+
+
 class Cluster:
     """A monitor and N agents on loopback, each in its own process."""
 
@@ -95,17 +111,7 @@ class Cluster:
         self.agents: list[Child] = []
         for i in range(1, nodes + 1):
             name = f"node-{i}"
-            args = [
-                "agent",
-                "--name",
-                name,
-                "--listen",
-                "127.0.0.1:0",
-                "--interval",
-                str(interval),
-                "--state-dir",
-                os.path.join(workdir, name),
-            ]
+            args = agent_args(name, os.path.join(workdir, name), interval)
             self.agents.append(Child(args, os.path.join(workdir, f"{name}.log")))
         self.monitor: Child | None = None
 

@@ -16,6 +16,7 @@ from pimon.membership import Failure, Membership, Node, State, Transition
 from pimon.outbox import AlertService
 from pimon.parse import NodeSpec
 from pimon.poller import Poller, PollResult, poll_once
+from pimon.rollup import COLUMNS
 from pimon.store import NodeRecord, Store
 from pimon.views import node_view
 from pimon.wire import Heartbeat
@@ -26,16 +27,7 @@ TICK_S = 0.1
 UPTIME_WINDOWS = ("1h", "24h", "7d", "30d")
 UPTIME_REFRESH_S = 30.0
 SAMPLE_EVERY_S = 10.0  # metric samples kept per node; the detector sees every heartbeat
-SAMPLED = (
-    "cpu_percent",
-    "mem_percent",
-    "swap_percent",
-    "disk_percent",
-    "temp_c",
-    "load1",
-    "load5",
-    "load15",
-)
+SAMPLED = tuple(c for c in COLUMNS if c != "rtt_ms")  # read from the heartbeat's metrics
 
 
 @dataclass(slots=True)

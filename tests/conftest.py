@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pimon.demo import Child
+from pimon.demo import Child, agent_args
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
@@ -56,19 +56,7 @@ class Procs:
         self, name: str, *extra: str, interval: float = 0.5, env: dict[str, str] | None = None
     ) -> Child:
         """Start an agent on a free loopback port."""
-        state = self.workdir / name
-        args = [
-            "agent",
-            "--name",
-            name,
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            str(interval),
-            "--state-dir",
-            str(state),
-            *extra,
-        ]
+        args = agent_args(name, str(self.workdir / name), interval, *extra)
         child = Child(args, str(self.workdir / f"{name}.log"), env=env)
         child.start()
         self.children.append(child)
