@@ -236,6 +236,11 @@ def make_app(monitor: Monitor) -> web.Application:
         middlewares=[errors_middleware, read_auth_middleware], client_max_size=MAX_BODY_BYTES
     )
     app[MONITOR] = monitor
+
+    async def end_streams(app: web.Application) -> None:
+        monitor.events.close()  # open /v1/events streams would otherwise hold shutdown
+
+    app.on_shutdown.append(end_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/nodes", list_nodes)

@@ -32,6 +32,13 @@ class Events:
         self.queues: set[asyncio.Queue[Transition]] = set()
         self.watches: set[NodeWatch] = set()
         self.dropped = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """Wake every watcher for the last time: the monitor is shutting down."""
+        self.closed = True
+        for w in self.watches:
+            w.wake.set()
 
     def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Transition]:
         """Return a new queue that receives every future transition."""

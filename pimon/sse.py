@@ -38,7 +38,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b"retry: 2000\n" + frame("hello", {"now": time.time()}))
         last_write = time.monotonic()
-        while True:
+        while not monitor.events.closed:
             transitions = _drain(queue)
             fresh, removed = watch.take()
             chunks = [frame("transition", transition_view(t)) for t in transitions]
