@@ -181,7 +181,11 @@ def run_demo(nodes: int, *, chaos: bool = False) -> int:
             console.print(
                 f"[bold]pimon demo[/]: monitor at [link={url}]{url}[/] — logs in {workdir}"
             )
-            console.print(f"try: pimon status --monitor {url}    (Ctrl-C stops everything)")
+            console.print(f"dashboard: open {url}/ in a browser (it updates live)")
+            console.print(
+                f"try: pimon status --monitor {url}   or   pimon watch --monitor {url}"
+                "    (Ctrl-C stops everything)"
+            )
             if chaos:
                 threading.Thread(
                     target=_chaos, args=(cluster, stop, console.print), daemon=True

@@ -80,8 +80,11 @@ async def samples(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     q = request.query
     now = time.time()
-    since = moment(q.get("since"), now, "since") or now - 3600
-    until = moment(q.get("until"), now, "until") or now
+    # "is None", not "or": since=0 asks for everything and must not mean "an hour ago".
+    since = moment(q.get("since"), now, "since")
+    since = now - 3600 if since is None else since
+    until = moment(q.get("until"), now, "until")
+    until = now if until is None else until
     if since >= until:
         raise ApiError(400, "since must be before until")
     step = None

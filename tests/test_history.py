@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -21,7 +22,7 @@ NOW = 1_800_000_000.0
 HOUR = 3600.0
 
 
-def transition(id_: int, node: str, change: str, at: float, reason: str = "") -> dict:
+def transition(id_: int, node: str, change: str, at: float, reason: str = "") -> dict[str, Any]:
     old, new = change.split(">")
     return {"id": id_, "node": node, "old": old, "new": new, "at": at, "reason": reason}
 
@@ -36,7 +37,7 @@ def run_history(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def plain(answer: dict) -> str:
+def plain(answer: dict[str, Any]) -> str:
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None, highlight=False)
     for part in render(answer, console):
@@ -109,7 +110,7 @@ def test_killed_and_restarted_node_shows_an_outage_with_duration_and_reasons(pro
     agent.start()
     wait_until(lambda: states(url)["pi-1"] == "up", DETECTION_BOUND_S, "pi-1 back up")
 
-    def stored() -> list[dict]:
+    def stored() -> list[dict[str, Any]]:
         found = get_json(f"{url}/v1/history?node=pi-1")["transitions"]
         return found if found[0]["new"] == "up" and len(found) >= 3 else []
 
