@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -144,6 +145,13 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, f"invalid JSON: {e}") from None
 
 
+async def durable(monitor: Monitor) -> None:
+    """Wait (off the event loop) until a registration change is committed."""
+    if monitor.store is not None:
+        # The caller was told "registered": a crash a second later must not undo it.
+        await asyncio.to_thread(monitor.store.flush)
+
+
 async def post_heartbeat(request: web.Request) -> web.Response:
     """Take a pushed heartbeat; the first one registers the node."""
     require_write(request)
@@ -190,6 +198,7 @@ async def put_node(request: web.Request) -> web.Response:
         return json_response(monitor.view(existing, time.time()), 200)
     node = monitor.add_pull_node(name, address, source="api", now=time.time())
     log.info("%s: registered at %s through the API", name, address)
+    await durable(monitor)
     return json_response(monitor.view(node, time.time()), 201 if existing is None else 200)
 
 
@@ -201,6 +210,7 @@ async def delete_node(request: web.Request) -> web.Response:
     node = monitor.remove_node(name)
     if node is None:
         raise ApiError(404, f"no node named {name!r}")
+    await durable(monitor)
     answer: dict[str, Any] = {"deleted": name, "mode": node.mode, "source": node.source}
     if node.mode == "push" and node.state.value not in ("down", "left"):
         answer["note"] = (

@@ -147,8 +147,19 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             max_nodes=s.max_nodes,
             detector=detector,
             alerts=alert_config(s, getattr(args, "config", None)),
+            retention=retention(s),
         )
     )
+
+
+def retention(s: Resolved) -> Any:
+    """Build the sample retention from the settings, or fail naming them."""
+    from pimon.rollup import Retention
+
+    try:
+        return Retention(s.retention_raw, s.retention_minute, s.retention_quarter)
+    except ValueError as e:
+        raise UsageError(f"monitor.retention_raw/_minute/_quarter: {e}") from None
 
 
 def nodes_from_file(path: str) -> list[Any]:

@@ -85,6 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("alert_deadline", "monitor", parse.duration, 3600.0, "how long undelivered alerts are retried (e.g. 1h)", metavar="S"),
     _s("deadman_url", "monitor", parse.url, None, "URL requested every deadman_interval while the monitor reaches a node (healthchecks.io, Uptime Kuma push)", metavar="URL"),
     _s("deadman_interval", "monitor", parse.interval, 60.0, "seconds between dead-man's switch requests", metavar="S"),
+    _s("retention_raw", "monitor", parse.duration, 6 * 3600.0, "how long raw metric samples are kept (e.g. 6h; at least 30m)", flag=False),
+    _s("retention_minute", "monitor", parse.duration, 7 * 86400.0, "how long 1-minute averages are kept (e.g. 7d)", flag=False),
+    _s("retention_quarter", "monitor", parse.duration, 365 * 86400.0, "how long 15-minute averages are kept (e.g. 365d)", flag=False),
     _s("log_level", "monitor", parse.log_level, "info", "debug, info, warning or error"),
     # client commands
     _s("monitor", "client", parse.url, "http://127.0.0.1:7070", "monitor URL", env="PIMON_MONITOR", metavar="URL"),

@@ -48,6 +48,9 @@ DEFINITIVE = frozenset({Failure.REFUSED, Failure.BAD, Failure.UNRESOLVABLE})
 DEFINITIVE_STREAK = 2
 ALIVE = frozenset({State.UP, State.DEGRADED})
 HISTORY_KEPT = 50
+# A push node restored after a monitor restart may be backing off (the agent
+# waits up to 30 s between tries to an unreachable monitor): give it that long.
+PUSH_PATIENCE_S = 40.0
 
 
 @dataclass(slots=True)
@@ -201,6 +204,8 @@ class Membership:
             return []
         if node.state is State.UNKNOWN:
             patience = (self.config.down_pause + 1) * self.config.interval
+            if node.mode == "push":
+                patience = max(patience, PUSH_PATIENCE_S)
             if now - node.watched_since >= patience:
                 return self._move(node, State.DOWN, node.last_error or "no heartbeat yet", now)
             return []

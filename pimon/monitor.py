@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,7 +17,7 @@ from pimon.membership import Failure, Membership, Node, State, Transition
 from pimon.outbox import AlertService
 from pimon.parse import NodeSpec
 from pimon.poller import Poller, PollResult, poll_once
-from pimon.rollup import COLUMNS
+from pimon.rollup import COLUMNS, Retention
 from pimon.store import NodeRecord, Store
 from pimon.views import node_view
 from pimon.wire import Heartbeat
@@ -25,7 +26,8 @@ log = logging.getLogger("pimon.monitor")
 
 TICK_S = 0.1
 UPTIME_WINDOWS = ("1h", "24h", "7d", "30d")
-UPTIME_REFRESH_S = 30.0
+UPTIME_REFRESH_S = 60.0
+UPTIME_DIRTY_S = 2.0
 SAMPLE_EVERY_S = 10.0  # metric samples kept per node; the detector sees every heartbeat
 SAMPLED = tuple(c for c in COLUMNS if c != "rtt_ms")  # read from the heartbeat's metrics
 
@@ -44,6 +46,7 @@ class MonitorConfig:
     max_nodes: int = 10000
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    retention: Retention = field(default_factory=Retention)
 
 
 @dataclass(slots=True)
@@ -72,6 +75,7 @@ class Monitor:
         self._sampled_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.uptimes: dict[str, dict[str, float | None]] = {}
+        self._stale_uptime: set[str] = set()
         self.alerts = AlertService(self)
 
     async def start(self) -> None:
@@ -104,7 +108,13 @@ class Monitor:
         # Whatever happened while the monitor was away is unknown: say so in the
         # history from the moment it was last alive, then wait for heartbeats.
         away_since = max((r.last_seen or 0.0 for r in records), default=0.0) or now
+        configured = {spec.name for spec in self.config.nodes}
         for rec in records:
+            if rec.source == "static" and rec.name not in configured:
+                assert self.store is not None
+                self.store.delete_node(rec.name)  # dropped from the configuration
+                log.info("%s: no longer configured; forgotten (its history stays)", rec.name)
+                continue
             node = self.membership.add(
                 rec.name, mode=rec.mode, source=rec.source, address=rec.address, now=now
             )
@@ -216,6 +226,7 @@ class Monitor:
                     self._persist(node)
             if t.new is State.SUSPECT:
                 self._maybe_probe(t.node)
+            self._stale_uptime.add(t.node)
         self.stats.transitions += len(transitions)
         self.events.publish(transitions)
 
@@ -285,11 +296,21 @@ class Monitor:
 
     async def _uptime_refresher(self) -> None:
         assert self.store is not None
+        last_full = -math.inf
         while True:
-            # Off the event loop: uptime needs a month of transitions per node.
-            names = list(self.membership.nodes)
-            self.uptimes = await asyncio.to_thread(self._compute_uptimes, names, time.time())
-            await asyncio.sleep(UPTIME_REFRESH_S)
+            # Off the event loop: uptime needs a month of transitions per node. Nodes
+            # that just changed are redone within seconds, all of them now and then.
+            if time.monotonic() - last_full >= UPTIME_REFRESH_S:
+                names, last_full = list(self.membership.nodes), time.monotonic()
+            else:
+                names = [n for n in self._stale_uptime if n in self.membership.nodes]
+            self._stale_uptime.clear()
+            if names:
+                # The writer commits at most every 2 s: wait for it so the change counts.
+                await asyncio.to_thread(self.store.flush)
+                fresh = await asyncio.to_thread(self._compute_uptimes, names, time.time())
+                self.uptimes.update(fresh)
+            await asyncio.sleep(UPTIME_DIRTY_S)
 
     def _compute_uptimes(self, names: list[str], now: float) -> dict[str, dict[str, float | None]]:
         assert self.store is not None

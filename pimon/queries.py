@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from pimon.store import Store
 
 MAX_LIMIT = 1000
-RAW_S = 6 * 3600.0
-MINUTE_S = 7 * 86400.0
 
 
 def moment(text: str | None, now: float, name: str) -> float | None:
@@ -96,7 +94,8 @@ async def samples(request: web.Request) -> web.Response:
     store = store_of(request)
     rows = await asyncio.to_thread(store.samples, name, since, until, step)
     age = now - since
-    resolution = "raw" if age <= RAW_S else "1m" if age <= MINUTE_S else "15m"
+    kept = store.retention
+    resolution = "raw" if age <= kept.raw_s else "1m" if age <= kept.minute_s else "15m"
     return json_response(
         {
             "node": name,

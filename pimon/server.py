@@ -32,7 +32,7 @@ def bind_host(config: MonitorConfig) -> str:
 
 def open_store(config: MonitorConfig) -> Store:
     """Open the history database, or raise StoreError with a clear reason."""
-    store = Store(config.db or default_db_path())
+    store = Store(config.db or default_db_path(), retention=config.retention)
     store.open()
     return store
 

@@ -14,7 +14,8 @@ from pimon.membership import Transition
 from pimon.views import transition_view
 
 KEEPALIVE_S = 15.0
-BATCH_S = 0.25
+BATCH_S = 0.25  # transitions go out within this
+VIEWS_EVERY_S = 1.0  # a node's fresh view at most this often per stream
 
 
 def frame(event: str, data: object) -> bytes:
@@ -37,10 +38,16 @@ async def events(request: web.Request) -> web.StreamResponse:
     watch = monitor.events.watch()
     try:
         await response.write(b"retry: 2000\n" + frame("hello", {"now": time.time()}))
-        last_write = time.monotonic()
+        last_write = last_views = time.monotonic()
         while not monitor.events.closed:
             transitions = _drain(queue)
-            fresh, removed = watch.take()
+            fresh: set[str] = set()
+            removed: set[str] = set()
+            if time.monotonic() - last_views >= VIEWS_EVERY_S:
+                fresh, removed = watch.take()
+                last_views = time.monotonic()
+            else:
+                watch.wake.clear()
             chunks = [frame("transition", transition_view(t)) for t in transitions]
             now = time.time()
             for name in sorted(fresh):
@@ -54,7 +61,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             elif time.monotonic() - last_write >= KEEPALIVE_S:
                 await response.write(b": keepalive\n\n")
                 last_write = time.monotonic()
-            await _wait(watch.wake, KEEPALIVE_S)
+            pending_views = bool(watch.fresh or watch.removed)
+            await _wait(watch.wake, VIEWS_EVERY_S if pending_views else KEEPALIVE_S)
             await asyncio.sleep(BATCH_S)  # gather a burst of changes into one write
     except ConnectionResetError:
         pass

@@ -192,6 +192,11 @@ class Store:
         """Cap the database file at ``max_bytes`` (never below its current size); None lifts it."""
         self._put(Command("limit", max_bytes))
 
+    @property
+    def retention(self) -> Retention:
+        """Return how long each resolution of samples is kept."""
+        return self._retention
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until everything enqueued so far is committed; never call on the event loop."""
         done = threading.Event()
