@@ -172,6 +172,9 @@ class EngineConfig:
     flap_count: int = 5
     flap_window: float = 600.0
     window: float = 6.0  # partition window: nodes lost within it were lost together
+    # After an isolation, nodes still down get this long (plus a window) to find us again:
+    # agents pushing to an unreachable monitor back off up to 30 s between tries.
+    rejoin: float = 30.0
 
     @classmethod
     def from_detector(cls, detector: DetectorConfig, **kw: Any) -> EngineConfig:
@@ -199,12 +202,18 @@ class AlertEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.nodes: dict[str, _Track] = {}
-        self.isolated: Alert | None = None
+        self.isolated: Alert | None = None  # the alert, once sent
+        self._isolation_due: float | None = None  # set while isolated
         self._lost: set[str] = set()  # suspect or down now
         self._recent: set[str] = set()  # lost within the last window, still lost
         self._recent_order: deque[tuple[float, str]] = deque()
         self._held: set[str] = set()  # down alerts waiting for their due time
         self._flapping: set[str] = set()
+
+    @property
+    def isolating(self) -> bool:
+        """Return whether the monitor has lost most nodes (node alerts are held)."""
+        return self._isolation_due is not None
 
     def on_transition(self, t: Transition, now: float) -> list[Alert]:
         """Take one transition (published at ``t.at``) and return the alerts it causes."""
@@ -217,7 +226,7 @@ class AlertEngine:
         if flip:
             out += self._flip(t.node, track, t.at, now)
         out += self._check_isolation(now)
-        if self.isolated is None:
+        if not self.isolating:
             out += self._reconcile(t.node, track, now)
         return out
 
@@ -229,12 +238,17 @@ class AlertEngine:
         for name, state in roster.items():
             track = self.nodes.get(name)
             if track is None:
-                self.nodes[name] = track = _Track(state=state, since=now)
+                # Adopt as is: a node restored as left was reported left before the restart.
+                reported = Cond.LEFT if state is State.LEFT else Cond.OK
+                self.nodes[name] = track = _Track(state, since=now, reported=reported)
                 if state in LOST:
                     track.lost_at = now
                     self._lost.add(name)
+                if not self.isolating:
+                    out += self._reconcile(name, track, now)
             elif track.state is not state:  # a transition we never saw (queue overflow)
-                out += self.on_transition(Transition(name, track.state, state, now, ""), now)
+                missed = Transition(name, track.state, state, now, "seen in the node list")
+                out += self.on_transition(missed, now)
         return out
 
     def tick(self, now: float) -> list[Alert]:
@@ -246,9 +260,9 @@ class AlertEngine:
                 track.flapping = False
                 track.flips.clear()
                 self._flapping.discard(name)
-                if self.isolated is None:
+                if not self.isolating:
                     out += self._reconcile(name, track, now)
-        if self.isolated is None:
+        if not self.isolating:
             for name in sorted(self._held):
                 out += self._reconcile(name, self.nodes[name], now)
         return out
@@ -295,24 +309,36 @@ class AlertEngine:
     def _check_isolation(self, now: float) -> list[Alert]:
         self._prune_recent(now)
         total, lost = len(self.nodes), len(self._lost)
-        if self.isolated is None and len(self._recent) >= self._needed():
+        if self._isolation_due is None and len(self._recent) >= self._needed():
+            # Hold node alerts from now on; send the one alert when the window has filled,
+            # so that it counts every node lost together (and not just the first half).
+            first = min(self.nodes[n].lost_at or now for n in self._recent)
+            self._isolation_due = first + self.config.window
+            self._held.clear()
+        if self._isolation_due is None:
+            return []
+        if lost < self._needed():
+            return self._end_isolation(now)
+        if self.isolated is None and now >= self._isolation_due:
             self.isolated = Alert(
                 Event.MONITOR_ISOLATED,
                 None,
                 None,
                 None,
-                f"{len(self._recent)} nodes lost within {self.config.window:g}s",
+                f"{lost} of {total} nodes lost within {self.config.window:g}s",
                 now,
                 f"monitor isolated: lost contact with {lost} of {total} nodes",
                 lost=lost,
                 total=total,
             )
-            self._held.clear()
             return [self.isolated]
-        if self.isolated is not None and lost < self._needed():
-            self.isolated = None
-            text = f"monitor recovered: in contact with {total - lost} of {total} nodes"
-            out = [
+        return []
+
+    def _end_isolation(self, now: float) -> list[Alert]:
+        total, lost = len(self.nodes), len(self._lost)
+        out = []
+        if self.isolated is not None:
+            out.append(
                 Alert(
                     Event.MONITOR_RECOVERED,
                     None,
@@ -320,18 +346,18 @@ class AlertEngine:
                     None,
                     "contact restored",
                     now,
-                    text,
+                    f"monitor recovered: in contact with {total - lost} of {total} nodes",
                     resolves=Event.MONITOR_ISOLATED,
                     lost=lost,
                     total=total,
                 )
-            ]
-            for name, track in sorted(self.nodes.items()):
-                # Give nodes that are still down a window to come back before they alert.
-                track.grace_until = now + self.config.window
-                out += self._reconcile(name, track, now)
-            return out
-        return []
+            )
+        self.isolated, self._isolation_due = None, None
+        for name, track in sorted(self.nodes.items()):
+            if track.state in LOST:
+                track.grace_until = now + self.config.window + self.config.rejoin
+            out += self._reconcile(name, track, now)
+        return out
 
     def _flip(self, name: str, track: _Track, at: float, now: float) -> list[Alert]:
         track.flips.append(at)
@@ -339,7 +365,7 @@ class AlertEngine:
             track.flips.popleft()
         if track.flapping:
             return []
-        if len(track.flips) <= self.config.flap_count or self.isolated is not None:
+        if len(track.flips) <= self.config.flap_count or self.isolating:
             return []
         track.flapping = True
         self._flapping.add(name)

@@ -229,7 +229,7 @@ async def metrics(request: web.Request) -> web.Response:
     monitor = request.app[MONITOR]
     now = time.time()
     views = [monitor.view(n, now) for n in monitor.membership.nodes.values()]
-    text = render_monitor(views, monitor.self_metrics(), now=now)
+    text = render_monitor(views, monitor.self_metrics(), now=now, extra=monitor.alerts.families())
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 

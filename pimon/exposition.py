@@ -183,7 +183,11 @@ def render(families: Iterable[Family]) -> str:
 
 
 def render_monitor(
-    views: Sequence[Mapping[str, Any]], stats: Mapping[str, float], *, now: float
+    views: Sequence[Mapping[str, Any]],
+    stats: Mapping[str, float],
+    *,
+    now: float,
+    extra: Sequence[Family] = (),
 ) -> str:
     """Render the monitor's /metrics text with the cyclic garbage collector paused."""
     # Building holds ~30 tracked tuples per node; with 10,000 nodes the collector's
@@ -192,7 +196,7 @@ def render_monitor(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return render(monitor_families(views, stats, now=now))
+        return render([*monitor_families(views, stats, now=now), *extra])
     finally:
         if was_enabled:
             gc.enable()

@@ -332,6 +332,9 @@ class Monitor:
             "pimon_monitor_event_subscribers": self.events.subscribers,
             "pimon_monitor_events_dropped_total": self.events.dropped,
         }
+        sent, failed = self.alerts.totals()
+        stats["pimon_monitor_alerts_sent_total"] = sent
+        stats["pimon_monitor_alert_errors_total"] = failed
         if self.store is not None:
             health = self.store.health()
             stats["pimon_monitor_db_write_errors_total"] = health.write_errors

@@ -420,7 +420,9 @@ class Exec(Notifier):
         extra = {f"PIMON_{k.upper()}": "" if v is None else str(v) for k, v in p.items()}
         extra["PIMON_PROBLEMS"] = "; ".join(alert.problems)
         extra["PIMON_PAYLOAD"] = json.dumps(p)
-        return {**os.environ, **extra}
+        # Inherited PIMON_* (the token among them) must not pass for event fields.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PIMON_")}
+        return {**inherited, **extra}
 
     async def send(self, alert: Alert) -> None:
         """Run the command; a non-zero exit or the timeout is a failure."""

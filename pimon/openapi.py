@@ -123,6 +123,9 @@ def spec() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object", "properties": {
                     "transitions": {"type": "array", "items": _ref("Transition")},
                     "next": {"type": ["integer", "null"]}}}), **_errors(400, 401)}}},
+            "/v1/alerts": {"get": {
+                "summary": "Each notifier's counts, last error and the dead-man's switch",
+                "responses": {"200": _json({"type": "object"}), **_errors(401)}}},
             "/v1/events": {"get": {"summary": "Server-Sent Events: transition, node, removed",
                                    "responses": {"200": {"description": "text/event-stream"}}}},
             "/metrics": {"get": {"summary": "Prometheus exposition",

@@ -42,6 +42,7 @@ log = logging.getLogger("pimon.alerts")
 T = TypeVar("T")
 MAX_BACKOFF_S = 300.0
 IDLE_WAIT_S = 30.0
+DB_RETRY_S = 5.0
 KEEP_FINISHED_S = 7 * 86400.0
 
 SCHEMA = (
@@ -89,11 +90,11 @@ class Outbox:
         if self.path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None)
+        self._conn = conn
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA journal_mode = WAL")  # the store does the same; both must agree
         for statement in SCHEMA:
             conn.execute(statement)
-        self._conn = conn
         marks = ",".join("?" * len(notifiers))
         with conn:
             conn.execute(
@@ -208,7 +209,11 @@ class Courier:
         """Send until cancelled."""
         while True:
             self.wake.clear()  # before looking, so an add while we look is not missed
-            wait = await self._step()
+            try:
+                wait = await self._step()
+            except sqlite3.Error as e:
+                log.error("alert outbox for %s failed: %s; retrying", self.notifier.name, e)
+                wait = DB_RETRY_S
             if wait > 0:
                 try:
                     async with asyncio.timeout(wait):
@@ -239,7 +244,9 @@ class Courier:
         name, stats = self.notifier.name, self.stats
         try:
             await self.notifier.send(entry.alert)
-        except DeliveryError as e:
+        except Exception as e:
+            if not isinstance(e, DeliveryError):  # a bug, but one notifier must not stop
+                log.exception("notifier %s failed unexpectedly", name)
             now = self.clock()
             stats.failed += 1
             stats.last_error, stats.last_error_at = str(e), now
@@ -262,7 +269,9 @@ class Courier:
     async def _refresh(self, now: float) -> None:
         try:
             await self.notifier.refresh(self.firing(), now)
-        except DeliveryError as e:
+        except Exception as e:
+            if not isinstance(e, DeliveryError):
+                log.exception("notifier %s failed unexpectedly", self.notifier.name)
             self.stats.failed += 1
             self.stats.last_error, self.stats.last_error_at = f"re-send: {e}", now
 
@@ -307,13 +316,13 @@ class AlertService:
         if not config.notifiers:
             return
         notifiers = build(config.notifiers, self._session)
+        self._queue = self.monitor.events.subscribe()  # first: keep what changes meanwhile
         self._outbox, pending = await self._open_outbox([n.name for n in notifiers])
         for n in notifiers:
             courier = Courier(n, self._outbox, self._firing)
             courier.stats.pending = pending.get(n.name, 0)
             self.couriers.append(courier)
             self._spawn(courier.run(), f"courier {n.name}")
-        self._queue = self.monitor.events.subscribe()
         self._spawn(self._run(self._queue), "alerts")
 
     async def _open_outbox(self, names: list[str]) -> tuple[Outbox, dict[str, int]]:
@@ -362,15 +371,22 @@ class AlertService:
                 pass
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            now = time.time()
-            alerts = [a for t in batch for a in self.engine.on_transition(t, now)]
+            try:
+                await self._step(batch, tick=loop.time() >= next_tick)
+            except Exception:  # a bug must not end alerting for the monitor's lifetime
+                log.exception("alert engine failed; going on")
             if loop.time() >= next_tick:
-                nodes = self.monitor.membership.nodes
-                alerts += self.engine.sync({k: n.state for k, n in nodes.items()}, now)
-                alerts += self.engine.tick(now)
                 next_tick = loop.time() + period
-            if alerts:
-                await self.dispatch(alerts, now)
+
+    async def _step(self, batch: list[Transition], *, tick: bool) -> None:
+        now = time.time()
+        alerts = [a for t in batch for a in self.engine.on_transition(t, now)]
+        if tick:
+            nodes = self.monitor.membership.nodes
+            alerts += self.engine.sync({k: n.state for k, n in nodes.items()}, now)
+            alerts += self.engine.tick(now)
+        if alerts:
+            await self.dispatch(alerts, now)
 
     async def dispatch(self, alerts: list[Alert], now: float) -> None:
         """Queue each alert in the outbox for every notifier that wants it."""
@@ -381,13 +397,19 @@ class AlertService:
         rows = [(c.notifier.name, a) for a in stamped for c in self.couriers if c.notifier.wants(a)]
         if not rows:
             return
+        counts = {
+            c.notifier.name: sum(1 for n, _ in rows if n == c.notifier.name) for c in self.couriers
+        }
+        for c in self.couriers:  # counted before the write, as a courier may send at once
+            c.stats.pending += counts[c.notifier.name]
         try:
             await self._outbox.add(rows, now, self.config.deadline)
         except sqlite3.Error as e:
             log.error("alert outbox write failed, %d notifications lost: %s", len(rows), e)
+            for c in self.couriers:
+                c.stats.pending -= counts[c.notifier.name]
             return
         for c in self.couriers:
-            c.stats.pending += sum(1 for name, _ in rows if name == c.notifier.name)
             c.wake.set()
 
     def snapshot(self) -> dict[str, Any]:
@@ -402,7 +424,7 @@ class AlertService:
         return {
             "notifiers": notifiers,
             "deadman": deadman,
-            "isolated": self.engine.isolated is not None,
+            "isolated": self.engine.isolating,
             "flapping": sorted(n for n, t in self.engine.nodes.items() if t.flapping),
         }
 
@@ -428,7 +450,7 @@ class AlertService:
         isolated = Family(
             "pimon_monitor_isolated", "gauge", "1 while the monitor has lost most nodes."
         )
-        isolated.add(1.0 if self.engine.isolated else 0.0)
+        isolated.add(1.0 if self.engine.isolating else 0.0)
         out.append(isolated)
         if self.deadman is not None:
             for name, help_text, value in (

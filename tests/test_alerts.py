@@ -193,23 +193,37 @@ def test_partition_sends_one_isolation_alert_and_holds_node_alerts() -> None:
     out = []
     for i in range(1, 8):
         out += move(e, f"pi{i}", UP, DOWN, 10.0 + i * 0.3)
-    [isolated] = out
+    assert out == [] and e.isolating  # isolated since the 4th of 8; the alert waits
+    assert e.tick(16.2) == []
+    # One window after the first loss: one alert that counts every node lost together.
+    [isolated] = e.tick(16.3)
     assert isolated.event is Event.MONITOR_ISOLATED and isolated.severity is Severity.CRITICAL
-    assert isolated.node is None
-    # Isolated once a 4th of 8 was lost; all 7 are lost by the time we look again.
-    assert e.isolated is not None
-    for now in range(12, 100, 5):
+    assert isolated.node is None and (isolated.lost, isolated.total) == (7, 8)
+    assert isolated.text == "monitor isolated: lost contact with 7 of 8 nodes"
+    for now in range(17, 100, 5):
         assert e.tick(float(now)) == []
     assert e.firing() == [isolated]
 
 
-def test_isolation_message_counts_lost_nodes() -> None:
+def test_suspect_nodes_count_as_lost() -> None:
     e = engine(8)
     for i in range(1, 4):
         move(e, f"pi{i}", UP, SUSPECT, 10.0)
-    [isolated] = move(e, "pi4", UP, SUSPECT, 10.5)
+    assert move(e, "pi4", UP, SUSPECT, 10.5) == []
+    [isolated] = e.tick(16.0)
     assert isolated.text == "monitor isolated: lost contact with 4 of 8 nodes"
-    assert (isolated.lost, isolated.total) == (4, 8)
+
+
+def test_contact_back_within_the_window_sends_nothing_for_the_partition() -> None:
+    e = engine(4)
+    move(e, "pi1", UP, DOWN, 10.0)
+    move(e, "pi2", UP, DOWN, 10.0)
+    assert e.isolating
+    assert move(e, "pi1", DOWN, UP, 12.0) == []  # 1 of 4 lost: over, and nothing was sent
+    assert not e.isolating
+    # pi2 gets a window and the time a pushing agent may back off for to come back.
+    assert e.tick(47.9) == []
+    assert events(e.tick(48.0)) == [("node_down", "pi2")]
 
 
 def test_isolation_ends_with_one_recovery_and_then_alerts_for_the_still_down() -> None:
@@ -217,24 +231,25 @@ def test_isolation_ends_with_one_recovery_and_then_alerts_for_the_still_down() -
     out = []
     for i in range(1, 5):
         out += move(e, f"pi{i}", UP, DOWN, 10.0)
-    assert events(out) == [("monitor_isolated", None)]
+    assert out == []
+    assert events(e.tick(16.0)) == [("monitor_isolated", None)]
     assert move(e, "pi1", DOWN, UP, 50.0) == []  # 3 of 5 still lost: still isolated
     [recovered] = move(e, "pi2", DOWN, UP, 51.0)
     assert recovered.event is Event.MONITOR_RECOVERED
     assert recovered.resolves is Event.MONITOR_ISOLATED
     assert recovered.text == "monitor recovered: in contact with 3 of 5 nodes"
-    assert e.tick(56.9) == []  # the still-down get a window to come back
-    assert move(e, "pi3", DOWN, UP, 55.0) == []
-    assert events(e.tick(57.0)) == [("node_down", "pi4")]
+    assert e.tick(86.9) == []  # the still-down get a window and 30 s to come back
+    assert move(e, "pi3", DOWN, UP, 80.0) == []
+    assert events(e.tick(87.0)) == [("node_down", "pi4")]
 
 
 def test_node_down_before_isolation_and_back_during_it_recovers_after() -> None:
     e = engine(4)
     move(e, "pi1", UP, DOWN, 0.0)
     assert events(e.tick(6.0)) == [("node_down", "pi1")]
-    out = move(e, "pi2", UP, DOWN, 20.0) + move(e, "pi3", UP, DOWN, 20.0)
-    assert events(out) == [("monitor_isolated", None)]
+    assert move(e, "pi2", UP, DOWN, 20.0) + move(e, "pi3", UP, DOWN, 20.0) == []
     assert move(e, "pi1", DOWN, UP, 25.0) == []  # held while isolated
+    assert events(e.tick(26.0)) == [("monitor_isolated", None)]
     out = move(e, "pi2", DOWN, UP, 30.0)
     assert events(out) == [("monitor_recovered", None), ("node_recovered", "pi1")]
 
@@ -254,6 +269,12 @@ def test_sync_adds_unseen_nodes_and_forgets_deregistered_ones() -> None:
     assert e.sync({"pi2": UP, "pi3": UP}, 11.0) == []
     assert sorted(e.nodes) == ["pi2", "pi3"]
     assert e.tick(100.0) == []  # pi1's held alert went with it
+
+
+def test_sync_adopts_a_node_restored_as_left_silently() -> None:
+    e = engine(1)
+    assert e.sync({"pi1": UP, "pi2": LEFT}, 5.0) == []
+    assert move(e, "pi2", LEFT, UP, 9.0) == []
 
 
 def test_sync_catches_up_on_a_missed_transition() -> None:

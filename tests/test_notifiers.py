@@ -114,14 +114,21 @@ class ThreadedReceiver(Receiver):
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
+    async def _shutdown(self) -> None:
+        await self.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def run(self) -> str:
         """Start the loop thread and the server; return the base URL."""
         self._thread.start()
         return asyncio.run_coroutine_threadsafe(self.start(), self.loop).result(10)
 
     def stop(self) -> None:
-        """Stop the server and its thread."""
-        asyncio.run_coroutine_threadsafe(self.close(), self.loop).result(10)
+        """Stop the server, cancel handlers still waiting, and end the thread."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
@@ -259,7 +266,10 @@ async def test_refused_connection_is_a_delivery_error(session) -> None:
         await n.send(DOWN)
 
 
-async def test_exec_passes_the_event_in_environment(tmp_path: Path) -> None:
+async def test_exec_passes_the_event_in_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIMON_TOKEN", "cluster-secret")
     out = tmp_path / "env.json"
     script = (
         "import json, os, sys;"
@@ -280,6 +290,7 @@ async def test_exec_passes_the_event_in_environment(tmp_path: Path) -> None:
     assert env["PIMON_PROBLEMS"] == "disk / 95% full; hot"
     assert env["PIMON_VERSION"] == "1"
     assert json.loads(env["PIMON_PAYLOAD"]) == alert.payload()
+    assert "PIMON_TOKEN" not in env
 
 
 async def test_exec_string_command_is_split_into_words_never_run_by_a_shell(

@@ -222,3 +222,21 @@ async def test_monitor_turns_a_transition_into_a_webhook_post(
         assert labels == {"notifier": "webhook", "kind": "webhook"} and value == 1
     finally:
         await monitor.stop()
+
+
+async def test_unusable_database_still_delivers_from_memory(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    notifiers = parse_notifiers({"alerts": [{"kind": "webhook", "url": receiver.url}]})
+    # A directory is no database: the outbox falls back to memory and says so.
+    config = MonitorConfig(db=str(tmp_path), alerts=AlertConfig(notifiers=notifiers))
+    monitor = Monitor(config)
+    await monitor.start()
+    try:
+        monitor.membership.add("pi1", mode="pull", source="api", address=None, now=0.0)
+        monitor.membership.nodes["pi1"].state = State.DEGRADED
+        monitor.publish([Transition("pi1", State.UP, State.DEGRADED, 1.0, "disk / 99% full")])
+        await receiver.wait(1)
+        assert receiver.payloads()[0]["problems"] == ["disk / 99% full"]
+    finally:
+        await monitor.stop()
