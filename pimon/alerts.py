@@ -6,142 +6,31 @@ left, flapping) and reconciles it with the node's state. Down alerts wait for
 from single failures); a node that flips too often is reported once as flapping
 and then kept quiet until it is stable; and when half of the nodes are lost at
 once the engine reports one "monitor isolated" event instead of many node alerts.
+What is in force survives a restart through ``firing_by_node`` and ``restore``.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pimon.alertformat import (
+    Alert,
+    Event,
+    contact_text,
+    flapping_text,
+    isolated_text,
+    node_text,
+)
 from pimon.detector import DetectorConfig
 from pimon.membership import ALIVE, State, Transition
 
-if TYPE_CHECKING:
-    from pimon.notifiers import NotifierConfig
-
-PAYLOAD_VERSION = 1
 LOST = frozenset({State.SUSPECT, State.DOWN})
-
-
-class Severity(StrEnum):
-    """How urgent an event is; ``min_severity`` filters compare these."""
-
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        """Return 0 for info, 1 for warning, 2 for critical."""
-        return list(Severity).index(self)
-
-
-class Event(StrEnum):
-    """What an alert is about."""
-
-    NODE_DOWN = "node_down"
-    NODE_RECOVERED = "node_recovered"
-    NODE_DEGRADED = "node_degraded"
-    NODE_LEFT = "node_left"
-    MONITOR_ISOLATED = "monitor_isolated"
-    MONITOR_RECOVERED = "monitor_recovered"
-    FLAPPING = "flapping"
-    TEST = "test"
-
-
-SEVERITY: dict[Event, Severity] = {
-    Event.NODE_DOWN: Severity.CRITICAL,
-    Event.NODE_RECOVERED: Severity.INFO,
-    Event.NODE_DEGRADED: Severity.WARNING,
-    Event.NODE_LEFT: Severity.INFO,
-    Event.MONITOR_ISOLATED: Severity.CRITICAL,
-    Event.MONITOR_RECOVERED: Severity.INFO,
-    Event.FLAPPING: Severity.WARNING,
-    Event.TEST: Severity.INFO,
-}
-# node_left is routine (a graceful shutdown) and test is sent only on request.
-DEFAULT_EVENTS = frozenset(Event) - {Event.NODE_LEFT, Event.TEST}
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """One event to notify about; ``payload()`` is the versioned webhook body."""
-
-    event: Event
-    node: str | None
-    old: str | None
-    new: str | None
-    reason: str
-    at: float
-    text: str
-    problems: tuple[str, ...] = ()
-    resolves: Event | None = None  # the earlier event this one ends, e.g. node_down
-    lost: int | None = None
-    total: int | None = None
-    monitor: str = ""
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    @property
-    def severity(self) -> Severity:
-        """Return the severity of this event."""
-        return SEVERITY[self.event]
-
-    @property
-    def filter_severity(self) -> Severity:
-        """Return the severity filters compare: a resolution counts as what it resolves."""
-        if self.resolves is not None and self.severity.rank < SEVERITY[self.resolves].rank:
-            return SEVERITY[self.resolves]
-        return self.severity
-
-    def payload(self) -> dict[str, Any]:
-        """Return the webhook payload, version 1 (see docs/alerts.md)."""
-        return {
-            "version": PAYLOAD_VERSION,
-            "id": self.id,
-            "event": str(self.event),
-            "severity": str(self.severity),
-            "node": self.node,
-            "old": self.old,
-            "new": self.new,
-            "reason": self.reason,
-            "at": self.at,
-            "text": self.text,
-            "problems": list(self.problems),
-            "resolves": str(self.resolves) if self.resolves else None,
-            "lost": self.lost,
-            "total": self.total,
-            "monitor": self.monitor,
-        }
-
-    @classmethod
-    def from_payload(cls, data: Mapping[str, Any]) -> Alert:
-        """Rebuild an alert from its payload (as kept in the outbox)."""
-        return cls(
-            event=Event(data["event"]),
-            node=data.get("node"),
-            old=data.get("old"),
-            new=data.get("new"),
-            reason=data.get("reason", ""),
-            at=float(data["at"]),
-            text=data.get("text", ""),
-            problems=tuple(data.get("problems") or ()),
-            resolves=Event(data["resolves"]) if data.get("resolves") else None,
-            lost=data.get("lost"),
-            total=data.get("total"),
-            monitor=data.get("monitor", ""),
-            id=data["id"],
-        )
-
-
-def make_test_alert(now: float, monitor: str) -> Alert:
-    """Return the event ``pimon alert test`` sends."""
-    text = f"test alert from pimon on {monitor}"
-    return Alert(Event.TEST, None, None, None, "requested", now, text, monitor=monitor)
+MONITOR = ""  # the key of the monitor's own alert (isolation) among the node names
 
 
 class Cond(StrEnum):
@@ -155,6 +44,12 @@ class Cond(StrEnum):
 
 
 FIRES = {Cond.DOWN: Event.NODE_DOWN, Cond.DEGRADED: Event.NODE_DEGRADED, Cond.LEFT: Event.NODE_LEFT}
+# The conditions whose alert stays in force until resolved, by the event that reported them.
+IN_FORCE = {
+    Event.NODE_DOWN: Cond.DOWN,
+    Event.NODE_DEGRADED: Cond.DEGRADED,
+    Event.FLAPPING: Cond.FLAPPING,
+}
 # Suspect and unknown are missing on purpose: they keep whatever was reported last.
 WANTED = {
     State.UP: Cond.OK,
@@ -204,6 +99,8 @@ class AlertEngine:
         self.nodes: dict[str, _Track] = {}
         self.isolated: Alert | None = None  # the alert, once sent
         self._isolation_due: float | None = None  # set while isolated
+        # An isolation restored after a restart ends only once nodes are heard from again.
+        self._unknown_is_lost = False
         self._lost: set[str] = set()  # suspect or down now
         self._recent: set[str] = set()  # lost within the last window, still lost
         self._recent_order: deque[tuple[float, str]] = deque()
@@ -238,17 +135,38 @@ class AlertEngine:
         for name, state in roster.items():
             track = self.nodes.get(name)
             if track is None:
-                # Adopt as is: a node restored as left was reported left before the restart.
-                reported = Cond.LEFT if state is State.LEFT else Cond.OK
-                self.nodes[name] = track = _Track(state, since=now, reported=reported)
-                if state in LOST:
-                    track.lost_at = now
-                    self._lost.add(name)
+                track = self._adopt(name, state, now)
                 if not self.isolating:
                     out += self._reconcile(name, track, now)
             elif track.state is not state:  # a transition we never saw (queue overflow)
                 missed = Transition(name, track.state, state, now, "seen in the node list")
                 out += self.on_transition(missed, now)
+        return out
+
+    def restore(
+        self, firing: Mapping[str, Alert], roster: Mapping[str, State], now: float
+    ) -> list[Alert]:
+        """Adopt ``roster`` knowing what was in force before a restart (``firing_by_node``)."""
+        isolated = firing.get(MONITOR)
+        if isolated is not None and isolated.event is Event.MONITOR_ISOLATED:
+            self.isolated, self._isolation_due = isolated, isolated.at
+            self._unknown_is_lost = True
+        for name, state in roster.items():
+            track = self._adopt(name, state, now)
+            alert = firing.get(name)
+            cond = IN_FORCE.get(alert.event) if alert is not None else None
+            if cond is None:
+                continue
+            track.reported, track.fired = cond, alert
+            if cond is Cond.FLAPPING:
+                # What it did while the monitor was away is unknown: stable from now on counts.
+                track.flapping = True
+                track.flips.append(now)
+                self._flapping.add(name)
+        out = self._check_isolation(now)
+        if not self.isolating:
+            for name, track in sorted(self.nodes.items()):
+                out += self._reconcile(name, track, now)
         return out
 
     def tick(self, now: float) -> list[Alert]:
@@ -272,7 +190,23 @@ class AlertEngine:
         out = [t.fired for t in self.nodes.values() if t.fired is not None]
         return [*out, self.isolated] if self.isolated else out
 
+    def firing_by_node(self) -> dict[str, Alert]:
+        """Return the alerts in force by node, the monitor's own under ``MONITOR``."""
+        out = {name: t.fired for name, t in self.nodes.items() if t.fired is not None}
+        if self.isolated is not None:
+            out[MONITOR] = self.isolated
+        return out
+
     # State bookkeeping
+
+    def _adopt(self, name: str, state: State, now: float) -> _Track:
+        # Adopt as is: a node restored as left was reported left before the restart.
+        reported = Cond.LEFT if state is State.LEFT else Cond.OK
+        self.nodes[name] = track = _Track(state, since=now, reported=reported)
+        if state in LOST:
+            track.lost_at = now
+            self._lost.add(name)
+        return track
 
     def _apply(self, track: _Track, t: Transition) -> None:
         name, at = t.node, t.at
@@ -281,8 +215,11 @@ class AlertEngine:
             if track.lost_at is None:
                 track.lost_at = at
                 self._lost.add(name)
-                self._recent.add(name)
-                self._recent_order.append((at, name))
+                # Already reported down (before a restart, say): lost earlier, not together
+                # with the others, so it is no sign of a partition.
+                if track.reported is not Cond.DOWN:
+                    self._recent.add(name)
+                    self._recent_order.append((at, name))
         else:
             track.lost_at = None
             self._lost.discard(name)
@@ -304,11 +241,17 @@ class AlertEngine:
     def _needed(self) -> int:
         return max(2, math.ceil(len(self.nodes) / 2))
 
+    def _out_of_contact(self) -> int:
+        lost = len(self._lost)
+        if self._unknown_is_lost:
+            lost += sum(1 for t in self.nodes.values() if t.state is State.UNKNOWN)
+        return lost
+
     # Decisions
 
     def _check_isolation(self, now: float) -> list[Alert]:
         self._prune_recent(now)
-        total, lost = len(self.nodes), len(self._lost)
+        total, lost = len(self.nodes), self._out_of_contact()
         if self._isolation_due is None and len(self._recent) >= self._needed():
             # Hold node alerts from now on; send the one alert when the window has filled,
             # so that it counts every node lost together (and not just the first half).
@@ -318,7 +261,7 @@ class AlertEngine:
         if self._isolation_due is None:
             return []
         if lost < self._needed():
-            return self._end_isolation(now)
+            return self._end_isolation(now, lost)
         if self.isolated is None and now >= self._isolation_due:
             self.isolated = Alert(
                 Event.MONITOR_ISOLATED,
@@ -327,15 +270,15 @@ class AlertEngine:
                 None,
                 f"{lost} of {total} nodes lost within {self.config.window:g}s",
                 now,
-                f"monitor isolated: lost contact with {lost} of {total} nodes",
+                isolated_text(lost, total),
                 lost=lost,
                 total=total,
             )
             return [self.isolated]
         return []
 
-    def _end_isolation(self, now: float) -> list[Alert]:
-        total, lost = len(self.nodes), len(self._lost)
+    def _end_isolation(self, now: float, lost: int) -> list[Alert]:
+        total = len(self.nodes)
         out = []
         if self.isolated is not None:
             out.append(
@@ -346,13 +289,13 @@ class AlertEngine:
                     None,
                     "contact restored",
                     now,
-                    f"monitor recovered: in contact with {total - lost} of {total} nodes",
+                    contact_text(lost, total),
                     resolves=Event.MONITOR_ISOLATED,
                     lost=lost,
                     total=total,
                 )
             )
-        self.isolated, self._isolation_due = None, None
+        self.isolated, self._isolation_due, self._unknown_is_lost = None, None, False
         for name, track in sorted(self.nodes.items()):
             if track.state in LOST:
                 track.grace_until = now + self.config.window + self.config.rejoin
@@ -370,11 +313,7 @@ class AlertEngine:
         track.flapping = True
         self._flapping.add(name)
         self._held.discard(name)
-        window = _duration(self.config.flap_window)
-        text = (
-            f"{name} is flapping: {len(track.flips)} up/down changes in {window};"
-            f" its alerts pause until it is stable for {window}"
-        )
+        text = flapping_text(name, len(track.flips), self.config.flap_window)
         return [self._report(name, track, Cond.FLAPPING, Event.FLAPPING, text=text, now=now)]
 
     def _reconcile(self, name: str, track: _Track, now: float) -> list[Alert]:
@@ -387,20 +326,12 @@ class AlertEngine:
             return []
         self._held.discard(name)
         old = track.reported
-        if want is Cond.OK:
-            if old is Cond.LEFT:
-                track.reported, track.fired = Cond.OK, None
-                return []
-            what = "is stable again" if old is Cond.FLAPPING else "recovered"
-            text = f"{name} {what}: {track.state} ({track.reason})"
-            return [self._report(name, track, want, Event.NODE_RECOVERED, text=text, now=now)]
-        event = FIRES[want]
-        if want is Cond.DOWN:
-            text = f"{name} is down: {track.reason}"
-        elif want is Cond.DEGRADED:
-            text = f"{name} is degraded: {track.reason}"
-        else:
-            text = f"{name} left: {track.reason}"
+        if want is Cond.OK and old is Cond.LEFT:
+            track.reported, track.fired = Cond.OK, None
+            return []
+        event = Event.NODE_RECOVERED if want is Cond.OK else FIRES[want]
+        stable = old is Cond.FLAPPING
+        text = node_text(event, name, str(track.state), track.reason, stable=stable)
         return [self._report(name, track, want, event, text=text, now=now)]
 
     def _due(self, track: _Track) -> float:
@@ -428,29 +359,5 @@ class AlertEngine:
             resolves=previous,
         )
         track.reported = cond
-        track.fired = alert if cond in (Cond.DOWN, Cond.DEGRADED, Cond.FLAPPING) else None
+        track.fired = alert if cond in IN_FORCE.values() else None
         return alert
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
-
-
-def with_monitor(alerts: list[Alert], monitor: str) -> list[Alert]:
-    """Stamp alerts with the name of the monitor that sends them."""
-    return [replace(a, monitor=monitor) for a in alerts]
-
-
-@dataclass(frozen=True, slots=True)
-class AlertConfig:
-    """The monitor's alerting settings: notifiers, engine tuning and the dead-man's switch."""
-
-    notifiers: Sequence[NotifierConfig] = ()
-    alert_after: float = 0.0
-    flap_count: int = 5
-    flap_window: float = 600.0
-    deadline: float = 3600.0
-    deadman_url: str | None = None
-    deadman_interval: float = 60.0

@@ -91,6 +91,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         check_name(name)
     except ValueError as e:
         raise UsageError(f"--name: {e}") from None
+    token = read_token(s.token_file)
+    if not token and any(url.startswith("udp://") for url in s.monitor):
+        raise UsageError(
+            "--monitor udp://…: datagrams are signed with the cluster token; give --token-file"
+        )
     thresholds = Thresholds(
         disk_percent=s.disk_max_percent,
         temp_c=s.temp_max_c,
@@ -108,16 +113,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
             mounts=s.mounts,
             thresholds=thresholds,
             monitors=s.monitor,
-            token=read_token(s.token_file),
+            token=token,
         )
     )
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Run the monitor."""
+    from pimon.alertconfig import alert_config
     from pimon.detector import DetectorConfig
     from pimon.monitor import MonitorConfig
-    from pimon.notifiers import alert_config
     from pimon.server import run as run_monitor
 
     s = settings(args, "monitor")
@@ -135,16 +140,22 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         suspect_pause=s.suspect_pause,
         down_pause=s.down_pause,
     )
+    token = read_token(s.token_file)
+    if s.udp and not token:
+        raise UsageError(
+            "--udp: heartbeat datagrams are signed with the cluster token; give --token-file"
+        )
     return run_monitor(
         MonitorConfig(
             listen=s.listen,
             nodes=nodes,
             interval=s.interval,
             db=s.db,
-            token=read_token(s.token_file),
+            token=token,
             read_token=s.read_token,
             insecure=s.insecure,
             max_nodes=s.max_nodes,
+            udp=s.udp,
             detector=detector,
             alerts=alert_config(s, getattr(args, "config", None)),
             retention=retention(s),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("listen", "agent", parse.listen(7071), "0.0.0.0:7071", "address the heartbeat RPC listens on", metavar="HOST:PORT"),
     _s("name", "agent", parse.node_name, None, "node name (default: the host name)"),
     _s("interval", "agent", parse.interval, 1.0, "seconds between heartbeats and metric samples", metavar="S"),
-    _s("monitor", "agent", parse.url, [], "monitor URL to push heartbeats to (repeatable)", env="PIMON_MONITOR", multi=True, metavar="URL"),
+    _s("monitor", "agent", parse.push_url, [], "monitor URL to push heartbeats to (repeatable; udp://HOST:PORT sends signed datagrams)", env="PIMON_MONITOR", multi=True, metavar="URL"),
     _s("advertise", "agent", parse.address(7071), None, "pull address announced to monitors (default: host name and listen port)", metavar="HOST:PORT"),
     _s("state_dir", "agent", parse.path, None, "where the node id is kept (default: /var/lib/pimon as root, else $XDG_STATE_HOME/pimon)", metavar="DIR"),
     _s("mounts", "agent", parse.mount, ["/"], "mount points whose disk use is reported (repeatable)", multi=True, metavar="PATH"),
@@ -75,10 +73,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("token_file", "monitor", parse.path, None, "file holding the cluster (write) token", metavar="F"),
     _s("read_token", "monitor", parse.token, None, "token required to read the API and dashboard", env="PIMON_READ_TOKEN", metavar="TOKEN"),
     _s("insecure", "monitor", parse.boolean, False, "listen beyond loopback without a token"),
+    _s("udp", "monitor", parse.boolean, False, "also take pushed heartbeats as HMAC-signed UDP datagrams on the listen port (needs a token)"),
     _s("max_nodes", "monitor", parse.positive_int, 10000, "most nodes the monitor accepts", metavar="N"),
     _s("threshold", "monitor", parse.positive, 8.0, "phi threshold of the failure detector", flag=False),
     _s("suspect_pause", "monitor", parse.positive, 2.0, "acceptable pause, in intervals, before suspect", flag=False),
-    _s("down_pause", "monitor", parse.positive, 5.0, "acceptable pause, in intervals, before down", flag=False),
+    _s("down_pause", "monitor", parse.positive, 3.0, "acceptable pause, in intervals, before down", flag=False),
     _s("alert_after", "monitor", parse.non_negative, 0.0, "seconds a node must stay down before its down alert goes out", metavar="S"),
     _s("flap_count", "monitor", parse.positive_int, 5, "up/down changes within flap_window that make a node flapping", metavar="N"),
     _s("flap_window", "monitor", parse.duration, 600.0, "window for flap_count, and how long a flapping node must be stable (e.g. 10m)", metavar="S"),
@@ -137,6 +136,8 @@ def load_file(path: str | None, explicit: bool) -> tuple[dict[str, Any], str]:
             raise ConfigError(f"config file {path}: {e.strerror}") from e
         return {}, ""
     text = raw.decode("utf-8", "replace")
+    import tomllib  # here, not at the top: most commands read no config file
+
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
@@ -150,8 +151,10 @@ def load_file(path: str | None, explicit: bool) -> tuple[dict[str, Any], str]:
         ) from e
 
 
-_HEADER = re.compile(r"\s*\[\[?\s*([^\]\[]+?)\s*\]\]?\s*(?:#.*)?$")
-_KEY = re.compile(r"""\s*((?:[\w-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[\w-]+|"[^"]*"|'[^']*'))*)\s*=""")
+# Pattern text, not compiled patterns: ``re`` compiles and caches them on first use,
+# so commands that never report a config error do not pay for compiling them.
+_HEADER = r"\s*\[\[?\s*([^\]\[]+?)\s*\]\]?\s*(?:#.*)?$"
+_KEY = r"""\s*((?:[\w-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[\w-]+|"[^"]*"|'[^']*'))*)\s*="""
 
 
 def _key_path(dotted: str) -> list[str]:
@@ -165,13 +168,13 @@ def line_of(text: str, table: str | None, key: str) -> int | None:
     want = [table, key] if table else [key]
     current: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
-        header = _HEADER.match(line)
+        header = re.match(_HEADER, line)
         if header:
             current = _key_path(header.group(1))
             if table is None and current[:1] == [key]:
                 return number
             continue
-        found = _KEY.match(line)
+        found = re.match(_KEY, line)
         if not found:
             continue
         full = current + _key_path(found.group(1))
@@ -232,6 +235,8 @@ def file_errors(data: Mapping[str, Any], text: str = "", path: str | None = None
 
 
 def _hint(key: str, choices: Sequence[str], table: str | None = None) -> str:
+    import difflib  # only a config mistake needs it
+
     close = difflib.get_close_matches(key, choices, n=1)
     if close:
         return f" (did you mean {close[0]}?)"

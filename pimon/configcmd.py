@@ -8,11 +8,13 @@ can never disagree with what the daemons accept.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from pimon import config
+from pimon.alertconfig import notifier_errors
 from pimon.config import ConfigError, Setting
 from pimon.parse import NodeSpec, join_host_port
 
@@ -24,6 +26,7 @@ TYPES: dict[str, tuple[str, str]] = {
     "node_spec": ("string", "`[NAME=]HOST[:PORT]`"),
     "node_name": ("string", "node name"),
     "url": ("string", "http(s) URL"),
+    "push_url": ("string", "http(s) or udp:// URL"),
     "path": ("string", "path"),
     "mount": ("string", "absolute path"),
     "log_level": ("string", "level"),
@@ -116,14 +119,16 @@ def _source(source: str, s: Setting, text: str, path: str | None) -> str:
 
 
 def check(path: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Validate a config file: print ``ok`` (exit 0), else each ``FILE:LINE: problem`` (exit 2)."""
+    """Validate a config file and its ``[[alerts]]``: print ``ok``, else each problem (exit 2)."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
         data, text = config.load_file(path, explicit=True)
     except ConfigError as e:
         print(e, file=err)
         return 2
-    errors = config.file_errors(data, text, path)
+    errors = config.file_errors(data, text, path) + notifier_errors(data, text, path)
+    at_line = re.compile(rf"{re.escape(path)}:(\d+): ")
+    errors.sort(key=lambda m: int(found[1]) if (found := at_line.match(m)) else 0)
     for message in errors:
         print(message, file=err)
     if errors:

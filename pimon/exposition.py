@@ -45,6 +45,10 @@ STAT_HELP: dict[str, tuple[str, str]] = {
     "pimon_monitor_transitions_total": ("counter", "Node state transitions recorded."),
     "pimon_monitor_event_loop_lag_seconds": ("gauge", "Latest measured event loop lag."),
     "pimon_monitor_event_loop_lag_max_seconds": ("gauge", "Largest event loop lag since start."),
+    "pimon_monitor_event_loop_lag_p99_seconds": (
+        "gauge",
+        "99th percentile of the event loop lag over the last minute.",
+    ),
     "pimon_monitor_local_pauses_total": (
         "counter",
         "Monitor stalls long enough that failure detection was held back.",

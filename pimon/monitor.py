@@ -6,15 +6,16 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pimon.alerts import AlertConfig
+from pimon.alertconfig import AlertConfig
+from pimon.alertservice import AlertService
 from pimon.claims import Claim, claim
 from pimon.detector import DetectorConfig
 from pimon.events import Events
 from pimon.membership import Failure, Membership, Node, State, Transition
-from pimon.outbox import AlertService
 from pimon.parse import NodeSpec
 from pimon.poller import Poller, PollResult, poll_once
 from pimon.rollup import COLUMNS, Retention
@@ -28,7 +29,8 @@ TICK_S = 0.1
 UPTIME_WINDOWS = ("1h", "24h", "7d", "30d")
 UPTIME_REFRESH_S = 60.0
 UPTIME_DIRTY_S = 2.0
-SAMPLE_EVERY_S = 10.0  # metric samples kept per node; the detector sees every heartbeat
+SAMPLE_EVERY_S = 10.0
+MAX_SAMPLES_PER_S = 200.0  # metric samples kept per node; the detector sees every heartbeat
 SAMPLED = tuple(c for c in COLUMNS if c != "rtt_ms")  # read from the heartbeat's metrics
 
 
@@ -44,6 +46,7 @@ class MonitorConfig:
     read_token: str | None = None
     insecure: bool = False
     max_nodes: int = 10000
+    udp: bool = False
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     retention: Retention = field(default_factory=Retention)
@@ -60,6 +63,15 @@ class Stats:
     local_pauses: int = 0
     loop_lag_s: float = 0.0
     loop_lag_max_s: float = 0.0
+    # The last minute of tick lags (10 ticks a second), for a p99 that forgets.
+    recent_lags: deque[float] = field(default_factory=lambda: deque(maxlen=600))
+
+    def lag_p99(self) -> float:
+        """Return the 99th percentile of the event-loop lag over the last minute."""
+        if not self.recent_lags:
+            return 0.0
+        ordered = sorted(self.recent_lags)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 class Monitor:
@@ -208,7 +220,10 @@ class Monitor:
         self.events.touched(node.name)
         if self.store is None:
             return
-        if force or changes or now - self._sampled_at.get(node.name, 0.0) >= SAMPLE_EVERY_S:
+        # Big clusters are sampled less often, so the writer thread (which shares
+        # the GIL and the core with detection) stays at a bounded number of rows.
+        every = max(SAMPLE_EVERY_S, len(self.membership.nodes) / MAX_SAMPLES_PER_S)
+        if force or changes or now - self._sampled_at.get(node.name, 0.0) >= every:
             self._sampled_at[node.name] = now
             values: dict[str, float | None] = {k: getattr(hb.metrics, k) for k in SAMPLED}
             values["rtt_ms"] = node.rtt_ms
@@ -296,19 +311,23 @@ class Monitor:
 
     async def _uptime_refresher(self) -> None:
         assert self.store is not None
-        last_full = -math.inf
+        cursor = 0
         while True:
-            # Off the event loop: uptime needs a month of transitions per node. Nodes
-            # that just changed are redone within seconds, all of them now and then.
-            if time.monotonic() - last_full >= UPTIME_REFRESH_S:
-                names, last_full = list(self.membership.nodes), time.monotonic()
-            else:
-                names = [n for n in self._stale_uptime if n in self.membership.nodes]
-            self._stale_uptime.clear()
-            if names:
+            # Off the event loop (uptime reads a month of transitions per node), and a
+            # slice at a time: one big sweep over 10,000 nodes in a thread would hold
+            # the GIL long enough to stall the loop. Changed nodes go first.
+            names = sorted(self.membership.nodes)
+            share = max(1, math.ceil(len(names) * UPTIME_DIRTY_S / UPTIME_REFRESH_S))
+            batch = set(names[cursor : cursor + share]) | {
+                n for n in self._stale_uptime if n in self.membership.nodes
+            }
+            cursor = cursor + share if cursor + share < len(names) else 0
+            if self._stale_uptime:
+                self._stale_uptime.clear()
                 # The writer commits at most every 2 s: wait for it so the change counts.
                 await asyncio.to_thread(self.store.flush)
-                fresh = await asyncio.to_thread(self._compute_uptimes, names, time.time())
+            if batch:
+                fresh = await asyncio.to_thread(self._compute_uptimes, sorted(batch), time.time())
                 self.uptimes.update(fresh)
             await asyncio.sleep(UPTIME_DIRTY_S)
 
@@ -328,6 +347,7 @@ class Monitor:
             "pimon_monitor_transitions_total": s.transitions,
             "pimon_monitor_event_loop_lag_seconds": s.loop_lag_s,
             "pimon_monitor_event_loop_lag_max_seconds": s.loop_lag_max_s,
+            "pimon_monitor_event_loop_lag_p99_seconds": s.lag_p99(),
             "pimon_monitor_local_pauses_total": s.local_pauses,
             "pimon_monitor_event_subscribers": self.events.subscribers,
             "pimon_monitor_events_dropped_total": self.events.dropped,
@@ -348,6 +368,7 @@ class Monitor:
             await asyncio.sleep(max(0.0, expected - loop.time()))
             lag = max(0.0, loop.time() - expected)
             self.stats.loop_lag_s = lag
+            self.stats.recent_lags.append(lag)
             self.stats.loop_lag_max_s = max(self.stats.loop_lag_max_s, lag)
             self.publish(self.membership.tick(time.time()))
             self.stats.local_pauses = self.membership.stalls

@@ -1,4 +1,4 @@
-"""Notifiers: the ``[[alerts]]`` tables of the config file, validated, and how each kind sends."""
+"""Notifiers: how each kind of ``[[alerts]]`` table sends an alert, and ``pimon alert test``."""
 
 from __future__ import annotations
 
@@ -6,33 +6,19 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import shlex
-import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import aiohttp
 
-from pimon import config, parse
-from pimon.alerts import (
-    DEFAULT_EVENTS,
-    SEVERITY,
-    Alert,
-    AlertConfig,
-    Event,
-    Severity,
-    make_test_alert,
-)
-from pimon.config import ConfigError, Resolved
+from pimon.alertconfig import NotifierConfig, load_notifiers
+from pimon.alertformat import SEVERITY, Alert, Event, Severity, make_test_alert
+from pimon.config import ConfigError
 
-DEFAULT_TIMEOUT = 10.0
-MAX_TIMEOUT = 300.0
 ERROR_BODY_CHARS = 200
 
 
@@ -40,176 +26,10 @@ class DeliveryError(Exception):
     """A notifier could not deliver; the message says why, for the stats and the log."""
 
 
-@dataclass(frozen=True, slots=True)
-class NotifierConfig:
-    """One validated ``[[alerts]]`` table."""
-
-    kind: str
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    events: frozenset[Event] = DEFAULT_EVENTS
-    min_severity: Severity = Severity.INFO
-    timeout: float = DEFAULT_TIMEOUT
-    index: int = 1  # 1-based position among the [[alerts]] tables
-
-
-# Option parsers: each takes the raw TOML value and returns the clean one or raises ValueError.
-
-
-def _name(raw: Any) -> str:
-    if not isinstance(raw, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", raw):
-        raise ValueError("use 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
-    return raw
-
-
-def _string(raw: Any) -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise ValueError("must be a non-empty string")
-    return raw.strip()
-
-
-def _string_table(raw: Any) -> dict[str, str]:
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-    ):
-        raise ValueError('must be a table of strings, e.g. { "X-Key" = "value" }')
-    return dict(raw)
-
-
-def _labels(raw: Any) -> dict[str, str]:
-    labels = _string_table(raw)
-    for key in labels:
-        if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key):
-            raise ValueError(f"bad label name {key!r}")
-    return labels
-
-
-def _command(raw: Any) -> tuple[str, ...]:
-    # A string is split like a shell would split words, but no shell ever runs it.
-    words = shlex.split(raw) if isinstance(raw, str) else raw
-    if (
-        not isinstance(words, list | tuple)
-        or not words
-        or not all(isinstance(w, str) and w for w in words)
-    ):
-        raise ValueError('must be a command as a list of words, e.g. ["/usr/local/bin/page"]')
-    if shutil.which(words[0]) is None:
-        raise ValueError(f"{words[0]!r} is not an executable file (or not on PATH)")
-    return tuple(words)
-
-
-def _timeout(raw: Any) -> float:
-    value = parse.positive(raw)
-    if value > MAX_TIMEOUT:
-        raise ValueError(f"must be at most {MAX_TIMEOUT:g} seconds")
-    return value
-
-
-def _events(raw: Any) -> frozenset[Event]:
-    if not isinstance(raw, list) or not all(isinstance(e, str) for e in raw):
-        raise ValueError("must be a list of event names")
-    known = [str(e) for e in Event]
-    for name in raw:
-        if name not in known:
-            raise ValueError(f"unknown event {name!r}; known: {', '.join(known)}")
-    return frozenset(Event(e) for e in raw)
-
-
-def _severity(raw: Any) -> Severity:
-    if raw not in [str(s) for s in Severity]:
-        raise ValueError("must be info, warning or critical")
-    return Severity(raw)
-
-
-Parser = Callable[[Any], Any]
-COMMON: dict[str, Parser] = {
-    "name": _name,
-    "events": _events,
-    "min_severity": _severity,
-    "timeout": _timeout,
-}
-
-
-def parse_notifiers(
-    data: Mapping[str, Any], *, text: str = "", path: str | None = None
-) -> list[NotifierConfig]:
-    """Validate the ``[[alerts]]`` tables of a parsed config file."""
-    tables = data.get("alerts", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError(f"{path or 'config'}: alerts must be [[alerts]] tables")
-    out: list[NotifierConfig] = []
-    for index, table in enumerate(tables, 1):
-        out.append(_parse_table(index, table, text, path))
-    kinds = [c.kind for c in out]
-    names = [c.name for c in out]
-    for i, c in enumerate(out):
-        if "name" not in tables[i] and kinds.count(c.kind) > 1:
-            # Names key the outbox, so a default must not depend on unrelated tables.
-            names[i] = f"{c.kind}-{kinds[: i + 1].count(c.kind)}"
-            out[i] = NotifierConfig(
-                c.kind, names[i], c.options, c.events, c.min_severity, c.timeout, c.index
-            )
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise _error(path, text, out[i].index, "name", f"duplicate notifier name {name!r}")
-    return out
-
-
-def _parse_table(
-    index: int, table: Mapping[str, Any], text: str, path: str | None
-) -> NotifierConfig:
-    kind = table.get("kind")
-    if kind not in KINDS:
-        got = f"unknown kind {kind!r}" if kind is not None else "missing kind"
-        raise _error(path, text, index, "kind", f"{got}; one of {', '.join(KINDS)}")
-    cls = KINDS[kind]
-    common: dict[str, Any] = {}
-    options: dict[str, Any] = {}
-    for key, raw in table.items():
-        if key == "kind":
-            continue
-        parser = COMMON.get(key) or cls.options.get(key)
-        if parser is None:
-            known = ", ".join(["kind", *COMMON, *cls.options])
-            raise _error(path, text, index, key, f"unknown key for kind {kind} (known: {known})")
-        try:
-            value = parser(raw)
-        except (ValueError, TypeError) as e:
-            raise _error(path, text, index, key, f"{e} (got {raw!r})") from e
-        (common if key in COMMON else options)[key] = value
-    for key in cls.required:
-        if key not in options:
-            raise _error(path, text, index, key, f"kind {kind} needs {key}")
-    return NotifierConfig(kind, common.pop("name", kind), options, index=index, **common)
-
-
-def _error(path: str | None, text: str, index: int, key: str, message: str) -> ConfigError:
-    line = _line_in_table(text, index, key)
-    where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
-    return ConfigError(f"{where}[[alerts]] #{index}, key {key}: {message}")
-
-
-def _line_in_table(text: str, index: int, key: str) -> int | None:
-    seen, inside = 0, False
-    for number, line in enumerate(text.splitlines(), 1):
-        if re.match(r"\s*\[", line):
-            inside = bool(re.match(r"\s*\[\[\s*alerts\s*\]\]", line))
-            seen += inside
-            continue
-        if inside and seen == index and re.match(rf"\s*{re.escape(key)}\s*=", line):
-            return number
-    return None
-
-
-# The kinds
-
-
 class Notifier:
     """Send alerts to one destination; subclasses implement ``send``."""
 
     kind: ClassVar[str]
-    options: ClassVar[dict[str, Parser]] = {}
-    required: ClassVar[tuple[str, ...]] = ()
     refresh_interval: float | None = None  # re-send alerts in force this often, if set
 
     def __init__(self, config: NotifierConfig, session: aiohttp.ClientSession | None) -> None:
@@ -259,8 +79,6 @@ class Webhook(Notifier):
     """POST the versioned JSON payload."""
 
     kind = "webhook"
-    options = {"url": parse.url, "headers": _string_table}
-    required = ("url",)
 
     async def send(self, alert: Alert) -> None:
         """POST the payload."""
@@ -280,8 +98,6 @@ class Ntfy(Notifier):
     """POST the text to an ntfy topic URL; priority and tags by severity."""
 
     kind = "ntfy"
-    options = {"url": parse.url, "token": _string}
-    required = ("url",)
 
     async def send(self, alert: Alert) -> None:
         """POST the human text with Title, Priority and Tags headers."""
@@ -316,8 +132,6 @@ class Slack(Notifier):
     """POST to a Slack incoming webhook."""
 
     kind = "slack"
-    options = {"url": parse.url}
-    required = ("url",)
 
     async def send(self, alert: Alert) -> None:
         """POST ``{"text": ...}``, with Slack's control characters escaped."""
@@ -332,8 +146,6 @@ class Discord(Notifier):
     """POST to a Discord webhook."""
 
     kind = "discord"
-    options = {"url": parse.url}
-    required = ("url",)
 
     async def send(self, alert: Alert) -> None:
         """POST ``{"content": ...}`` with mentions disabled."""
@@ -362,8 +174,6 @@ class Alertmanager(Notifier):
     """POST to Prometheus Alertmanager's /api/v2/alerts; resolve on recovery."""
 
     kind = "alertmanager"
-    options = {"url": parse.url, "labels": _labels, "resend": parse.positive}
-    required = ("url",)
 
     def __init__(self, config: NotifierConfig, session: aiohttp.ClientSession | None) -> None:
         super().__init__(config, session)
@@ -411,8 +221,6 @@ class Exec(Notifier):
     """Run a command with the event in PIMON_* environment variables; never via a shell."""
 
     kind = "exec"
-    options = {"command": _command}
-    required = ("command",)
 
     def environment(self, alert: Alert) -> dict[str, str]:
         """Return the environment the command runs with."""
@@ -462,7 +270,8 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-KINDS: dict[str, type[Notifier]] = {
+# One class per kind of pimon.alertconfig.KINDS, in the same order.
+NOTIFIERS: dict[str, type[Notifier]] = {
     cls.kind: cls for cls in (Webhook, Ntfy, Slack, Discord, Alertmanager, Exec)
 }
 
@@ -471,7 +280,7 @@ def build(
     configs: Sequence[NotifierConfig], session: aiohttp.ClientSession | None
 ) -> list[Notifier]:
     """Instantiate the notifiers of validated configs."""
-    return [KINDS[c.kind](c, session) for c in configs]
+    return [NOTIFIERS[c.kind](c, session) for c in configs]
 
 
 async def send_test(
@@ -492,26 +301,9 @@ async def send_test(
     return list(zip(notifiers, results, strict=True))
 
 
-def alert_config(s: Resolved, config_flag: str | None) -> AlertConfig:
-    """Return the monitor's alerting settings: resolved ones plus the ``[[alerts]]`` tables."""
-    path, explicit = config.config_path(config_flag, os.environ)
-    data, text = config.load_file(path, explicit)
-    return AlertConfig(
-        notifiers=parse_notifiers(data, text=text, path=path),
-        alert_after=s.alert_after,
-        flap_count=s.flap_count,
-        flap_window=s.flap_window,
-        deadline=s.alert_deadline,
-        deadman_url=s.deadman_url,
-        deadman_interval=s.deadman_interval,
-    )
-
-
 def run_test(config_flag: str | None) -> int:
     """Send a test event to every notifier and print each result; 1 if any failed."""
-    path, explicit = config.config_path(config_flag, os.environ)
-    data, text = config.load_file(path, explicit)
-    configs = parse_notifiers(data, text=text, path=path)
+    configs, path = load_notifiers(config_flag)
     if not configs:
         raise ConfigError(f"{path or 'no config file'}: no [[alerts]] tables to test")
     alert = make_test_alert(time.time(), socket.gethostname())

@@ -173,17 +173,24 @@ def _number(raw: Any) -> float:
     return value
 
 
-def url(raw: Any) -> str:
+def url(raw: Any, schemes: tuple[str, ...] = ("http", "https")) -> str:
     """Parse an http(s) URL and drop a trailing slash."""
     text = str(raw).strip()
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL")
+    if parts.scheme not in schemes or not parts.hostname:
+        names = [f"{s}://" for s in schemes]
+        listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise ValueError(f"must be an {listed} URL")
     try:
         _ = parts.port
     except ValueError as e:
         raise ValueError(f"bad port in URL: {e}") from None
     return text.rstrip("/")
+
+
+def push_url(raw: Any) -> str:
+    """Parse a monitor URL to push to: http(s)://, or udp:// for signed datagrams."""
+    return url(raw, ("http", "https", "udp"))
 
 
 def path(raw: Any) -> str:

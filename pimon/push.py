@@ -115,6 +115,49 @@ class Connection:
             self.sock = None
 
 
+class DatagramChannel:
+    """Send heartbeats as HMAC-authenticated UDP datagrams: no answer, no connection."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise ValueError(
+                f"{url}: UDP heartbeats are signed with the cluster token: give --token-file"
+            )
+        parts = urlsplit(url)
+        self.address = (parts.hostname or "", parts.port or 7070)
+        self.token = token
+        self.sock: socket.socket | None = None
+
+    def post(self, body: bytes, timeout: float | None = None) -> int:
+        """Send one datagram; return 202 like the HTTP endpoint would."""
+        from pimon.wire import seal_datagram
+
+        try:
+            if self.sock is None:
+                # Connected, so the kernel reports ICMP "port unreachable" as refused.
+                info = socket.getaddrinfo(*self.address, type=socket.SOCK_DGRAM)[0]
+                self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+                self.sock.connect(info[4])
+            self.sock.send(seal_datagram(self.token, body))
+        except OSError as e:
+            self.close()
+            raise PushError(_describe(e)) from None
+        return 202
+
+    def close(self) -> None:
+        """Drop the socket."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def channel(url: str, token: str | None, timeout: float) -> Connection | DatagramChannel:
+    """Return the channel for a monitor URL: ``http(s)://`` or ``udp://``."""
+    if url.startswith("udp://"):
+        return DatagramChannel(url, token)
+    return Connection(url, token, timeout)
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
@@ -141,7 +184,7 @@ class Pusher:
         self.next_body = next_body
         self.stopping = stopping
         # Below the interval, so one slow monitor never makes pushes pile up.
-        self.conn = Connection(url, token, timeout=max(0.2, min(interval * 0.8, 5.0)))
+        self.conn = channel(url, token, timeout=max(0.2, min(interval * 0.8, 5.0)))
         self.reachable: bool | None = None
         self.failures = 0
         self.sent = 0
@@ -193,5 +236,7 @@ class Pusher:
     def leave(self) -> None:
         """Send the last heartbeat (``leaving: true``) with a short timeout."""
         if self.reachable is not False:
-            self.push_once(timeout=LEAVE_TIMEOUT_S)
+            # A datagram may be lost and nothing tells: say goodbye twice.
+            for _ in range(2 if isinstance(self.conn, DatagramChannel) else 1):
+                self.push_once(timeout=LEAVE_TIMEOUT_S)
         self.conn.close()

@@ -50,6 +50,13 @@ async def serve(config: MonitorConfig, store: Store) -> None:
     server = getattr(site, "_server", None)
     sockets = getattr(server, "sockets", None) or []
     host, port = sockets[0].getsockname()[:2] if sockets else config.listen
+    datagrams = None
+    if config.udp:
+        from pimon.udp import listen
+
+        assert config.token is not None  # checked at start: the HMAC needs it
+        datagrams = await listen(monitor, config.token, host, port)
+        log.info("taking signed heartbeat datagrams on udp %s", join_host_port(host, port))
     if config.insecure and not config.token:
         log.warning("--insecure: the API accepts writes from anyone who can reach it")
     log.info(
@@ -68,6 +75,8 @@ async def serve(config: MonitorConfig, store: Store) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
+        if datagrams is not None:
+            datagrams.close()
         await runner.cleanup()
         await monitor.stop()
 
@@ -80,7 +89,15 @@ def run(config: MonitorConfig) -> int:
         print(f"pimon monitor: error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
-        asyncio.run(serve(config, store))
+        runner = asyncio.run
+        try:
+            import uvloop  # optional: a faster event loop when installed
+
+            runner = uvloop.run
+            log.info("using uvloop")
+        except ModuleNotFoundError:
+            pass
+        runner(serve(config, store))
     finally:
         store.close()
         log.info("pimon monitor stopped")

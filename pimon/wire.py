@@ -123,6 +123,34 @@ def encode_heartbeat(hb: Heartbeat, metrics: dict[str, Any] | None = None) -> by
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
+# A heartbeat datagram: magic, HMAC-SHA256 of the body keyed with the cluster
+# token, then the JSON body. The token itself never crosses the network.
+DATAGRAM_MAGIC = b"PM1"
+_MAC_SIZE = 32
+
+
+def seal_datagram(token: str, body: bytes) -> bytes:
+    """Frame a heartbeat body as an authenticated UDP datagram."""
+    import hashlib  # lazily: OpenSSL's libcrypto costs the agent RSS unless UDP is used
+    import hmac
+
+    mac = hmac.new(token.encode(), body, hashlib.sha256).digest()
+    return DATAGRAM_MAGIC + mac + body
+
+
+def open_datagram(token: str, datagram: bytes) -> bytes | None:
+    """Return the body of an authentic datagram, or None (compared in constant time)."""
+    head = len(DATAGRAM_MAGIC) + _MAC_SIZE
+    if len(datagram) <= head or not datagram.startswith(DATAGRAM_MAGIC):
+        return None
+    import hashlib
+    import hmac
+
+    body = datagram[head:]
+    expected = hmac.new(token.encode(), body, hashlib.sha256).digest()
+    return body if hmac.compare_digest(expected, datagram[len(DATAGRAM_MAGIC) : head]) else None
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     """Return the one error shape used by every pimon endpoint."""
     return {"error": message, "status": status}

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pimon.alerts import (
-    Alert,
-    AlertEngine,
-    EngineConfig,
-    Event,
-    Severity,
-    make_test_alert,
-)
+from pimon.alertconfig import NotifierConfig
+from pimon.alertformat import Alert, Event, Severity, make_test_alert
+from pimon.alerts import AlertEngine, EngineConfig
 from pimon.detector import DetectorConfig
 from pimon.membership import State, Transition
-from pimon.notifiers import NotifierConfig, Webhook
+from pimon.notifiers import Webhook
 
 UP, DOWN, SUSPECT, DEGRADED, LEFT, UNKNOWN = (
     State.UP,
@@ -282,16 +277,6 @@ def test_sync_catches_up_on_a_missed_transition() -> None:
     assert events(e.sync({"pi1": DOWN}, 10.0)) == [("node_down", "pi1")]
 
 
-def test_payload_is_versioned_and_round_trips() -> None:
-    e = engine(1)
-    [alert] = move(e, "pi1", UP, DEGRADED, 5.0, reason="disk / 95% full")
-    payload = alert.payload()
-    assert payload["version"] == 1
-    assert {"event", "severity", "node", "old", "new", "reason", "at", "text"} <= set(payload)
-    assert payload["problems"] == ["disk / 95% full"]
-    assert Alert.from_payload(payload) == alert
-
-
 def wants(alert: Alert, **kw: object) -> bool:
     return Webhook(NotifierConfig("webhook", "w", {"url": "http://x"}, **kw), None).wants(alert)  # type: ignore[arg-type]
 
@@ -321,3 +306,82 @@ def test_min_severity_lets_resolutions_of_what_passed_through() -> None:
         True,
     ]
     assert not wants(make_test_alert(1.0, "m"), **critical)
+
+
+# Restarts: the alerts in force are restored from firing_by_node().
+
+
+def restored(e: AlertEngine, roster: dict[str, State], now: float, **kw: float) -> AlertEngine:
+    """Return a fresh engine restored from what ``e`` had in force, as after a restart."""
+    fresh = AlertEngine(EngineConfig(**{"window": 6.0, **kw}))  # type: ignore[arg-type]
+    assert fresh.restore(e.firing_by_node(), roster, now) == []
+    return fresh
+
+
+def test_restored_down_alert_is_not_repeated_and_gets_its_recovery() -> None:
+    before = engine(1)
+    [down] = move(before, "pi1", UP, DOWN, 10.0)
+    e = restored(before, {"pi1": UNKNOWN}, 100.0)
+    assert e.firing() == [down] and e.firing_by_node() == {"pi1": down}
+    assert move(e, "pi1", UNKNOWN, DOWN, 101.0) == []
+    assert e.tick(200.0) == []
+    [back] = move(e, "pi1", DOWN, UP, 210.0, reason="heartbeat ok")
+    assert back.event is Event.NODE_RECOVERED and back.resolves is Event.NODE_DOWN
+    assert back.text == "pi1 recovered: up (heartbeat ok)"
+    assert e.firing_by_node() == {}
+
+
+def test_restore_catches_up_with_a_node_already_back() -> None:
+    before = engine(2)
+    [degraded] = move(before, "pi1", UP, DEGRADED, 5.0, reason="disk / 95% full")
+    fresh = AlertEngine(EngineConfig(window=6.0))
+    [back] = fresh.restore(before.firing_by_node(), {"pi1": UP, "pi2": UP}, 50.0)
+    assert back.event is Event.NODE_RECOVERED and back.resolves is degraded.event
+
+
+def test_restore_forgets_nodes_no_longer_listed() -> None:
+    before = engine(2)
+    move(before, "pi1", UP, DEGRADED, 5.0, reason="hot")
+    e = restored(before, {"pi2": UNKNOWN}, 50.0)
+    assert e.firing_by_node() == {} and sorted(e.nodes) == ["pi2"]
+
+
+def test_nodes_reported_down_before_a_restart_are_no_partition() -> None:
+    before = engine(4)
+    for i, at in enumerate((10.0, 30.0, 50.0), 1):  # lost one by one, each reported
+        move(before, f"pi{i}", UP, DOWN, at)
+        assert events(before.tick(at + 6.0)) == [("node_down", f"pi{i}")]
+    e = restored(before, {f"pi{i}": UNKNOWN for i in range(1, 5)}, 100.0)
+    out = [a for i in range(1, 4) for a in move(e, f"pi{i}", UNKNOWN, DOWN, 101.0)]
+    out += move(e, "pi4", UNKNOWN, UP, 101.0)
+    assert out == [] and not e.isolating
+    assert e.tick(200.0) == []
+
+
+def test_a_restored_isolation_ends_only_once_nodes_are_heard_from() -> None:
+    before = engine(4)
+    for i in range(1, 4):
+        move(before, f"pi{i}", UP, DOWN, 10.0)
+    [isolated] = before.tick(16.0)
+    e = restored(before, {f"pi{i}": UNKNOWN for i in range(1, 5)}, 100.0)
+    assert e.isolating and e.firing() == [isolated]
+    assert e.tick(200.0) == []  # silent, though no node is lost yet: none was heard from
+    assert move(e, "pi1", UNKNOWN, UP, 201.0) + move(e, "pi2", UNKNOWN, UP, 201.0) == []
+    assert move(e, "pi3", UNKNOWN, DOWN, 202.0) == []
+    [recovered] = move(e, "pi4", UNKNOWN, UP, 203.0)
+    assert recovered.event is Event.MONITOR_RECOVERED
+    assert recovered.resolves is Event.MONITOR_ISOLATED
+    assert recovered.text == "monitor recovered: in contact with 3 of 4 nodes"
+    assert e.tick(238.9) == []  # pi3 gets a window and 30 s, as after any isolation
+    assert events(e.tick(239.0)) == [("node_down", "pi3")]
+
+
+def test_a_restored_flapping_node_must_be_stable_for_a_window_from_the_restart() -> None:
+    before = engine(1, flap_count=2, flap_window=600.0)
+    assert flap(before, "pi1", 0.0, 3)[-1].event is Event.FLAPPING
+    e = restored(before, {"pi1": UNKNOWN}, 1000.0, flap_count=2, flap_window=600.0)
+    assert move(e, "pi1", UNKNOWN, UP, 1001.0) == []
+    assert e.tick(1599.0) == []
+    [stable] = e.tick(1600.0)
+    assert stable.event is Event.NODE_RECOVERED and stable.resolves is Event.FLAPPING
+    assert stable.text.startswith("pi1 is stable again: up")

@@ -270,10 +270,40 @@ def test_queued_alert_survives_a_sigkill_of_the_monitor(
     attempts = len(r_later.requests)
     procs.monitor(f"--node=pi-1={pi1.address}", "--config", cfg, interval=INTERVAL)
     wait_until(lambda: len(r_later.requests) > attempts, BOUND_S, "queued alert delivered")
-    assert r_later.payloads()[-1] == down  # the very alert, not a new one
+    assert r_later.payloads()[attempts] == down  # the very alert, not a new one
+    # pi-1 is back: its recovery follows, to both, as the down alert is still in force.
+    wait_until(lambda: len(r_later.requests) == attempts + 2, BOUND_S, "recovery to later")
+    wait_until(lambda: len(r_good.requests) == 2, BOUND_S, "recovery to good")
     time.sleep(1.0)
-    assert r_good.payloads() == [down]  # delivered before the kill: not sent again
-    assert len(r_later.requests) == attempts + 1
+    first, recovered = r_good.payloads()
+    assert first == down  # delivered before the kill: not sent again
+    assert recovered["event"] == "node_recovered" and recovered["resolves"] == "node_down"
+    assert r_later.payloads()[attempts:] == [down, recovered]
+
+
+def test_recovery_after_a_sigkill_of_the_monitor_resolves_the_down_alert(
+    procs: Procs, hooks: list[ThreadedReceiver], tmp_path: Path
+) -> None:
+    url = receiver(hooks)
+    cfg = config(tmp_path, {"kind": "webhook", "url": url})
+    cluster(procs, 2, cfg)
+    [r] = hooks
+    pi1, pi2 = agent(procs, "pi-1"), agent(procs, "pi-2")
+    pi1.kill()
+    wait_until(lambda: "node_down" in events(r, "pi-1"), BOUND_S, "down alert")
+    [down] = r.payloads()
+    procs.last_monitor.kill()
+
+    nodes = [f"--node=pi-1={pi1.address}", f"--node=pi-2={pi2.address}"]
+    mon = procs.monitor(*nodes, "--config", cfg, interval=INTERVAL)
+    wait_until(lambda: states(mon) == {"pi-1": "down", "pi-2": "up"}, BOUND_S, "pi-1 down again")
+    restart(pi1)
+    wait_until(lambda: "node_recovered" in events(r, "pi-1"), BOUND_S, "recovery alert")
+    recovered = r.payloads()[-1]
+    assert recovered["resolves"] == "node_down" and recovered["new"] == "up"
+    assert recovered["text"].startswith("pi-1 recovered: up")
+    assert r.payloads()[0] == down  # and no second down alert from the new monitor
+    assert events(r) == ["node_down", "node_recovered"]
 
 
 def test_alert_test_command_reports_each_notifier(

@@ -74,7 +74,7 @@ def test_settings_without_env_skip_that_layer() -> None:
     r = resolve("monitor", {"interval": "2"}, {"PIMON_INTERVAL": "9"}, data)
     assert (r.interval, r.sources["interval"]) == (2.0, "flag")
     assert (r.max_nodes, r.sources["max_nodes"]) == (50, "file")
-    assert (r.down_pause, r.sources["down_pause"]) == (5.0, "default")
+    assert (r.down_pause, r.sources["down_pause"]) == (3.0, "default")
 
 
 def test_defaults_are_parsed_like_any_other_value() -> None:
@@ -141,7 +141,8 @@ def test_config_check_accepts_a_valid_file_and_alerts_tables(
     path = write(
         tmp_path,
         "[agent]\nmounts = ['/', '/data']\n\n[monitor]\nnode = ['pi1=10.0.0.1']\n"
-        "insecure = true\n\n[[alerts]]\nanything = 'goes: the alerts own it'\n",
+        "insecure = true\n\n[[alerts]]\nkind = 'webhook'\nurl = 'http://hooks.internal/x'\n"
+        "events = ['node_down']\n\n[[alerts]]\nkind = 'ntfy'\nurl = 'https://ntfy.sh/t'\n",
     )
     assert main(["config", "check", path]) == 0
     assert capsys.readouterr().out == "ok\n"
@@ -282,3 +283,51 @@ def test_line_of_finds_tables_at_top_level() -> None:
     text = "# x\n\n[[alerts]]\nname = 'a'\n[agent]\n"
     assert line_of(text, None, "alerts") == 3
     assert line_of(text, None, "agent") == 5
+
+
+def test_config_check_validates_alerts_tables_like_the_monitor_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        "[monitor]\n"  # 1
+        "interval = 2\n"  # 2
+        "\n"  # 3
+        "[[alerts]]\n"  # 4
+        "kind = 'webhook'\n"  # 5
+        "url = 'http://hooks.internal/x'\n"  # 6
+        "\n"  # 7
+        "[[alerts]]\n"  # 8
+        "kind = 'ntfy'\n"  # 9
+        "url = 'https://ntfy.sh/t'\n"  # 10
+        "min_severity = 'urgent'\n"  # 11
+        "\n"  # 12
+        "[agent]\n"  # 13
+        "intervall = 3\n"  # 14
+        "\n"  # 15
+        "[[alerts]]\n"  # 16
+        "kind = 'slack'\n",  # 17
+    )
+    assert main(["config", "check", path]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}:11: [[alerts]] #2, key min_severity: must be info, warning or critical"
+        " (got 'urgent')",
+        f"{path}:14: unknown setting agent.intervall (did you mean interval?)",
+        f"{path}:16: [[alerts]] #3, key url: kind slack needs url",
+    ]
+    # The monitor refuses to start with the first of them, word for word.
+    assert main(["monitor", "--config", path]) == 2
+    assert f"pimon monitor: error: {err.splitlines()[0]}\n" in capsys.readouterr().err
+
+
+def test_config_check_rejects_duplicate_notifier_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = "[[alerts]]\nname = 'ops'\nkind = 'slack'\nurl = 'http://a'\n"
+    path = write(tmp_path, table + "\n" + table)
+    assert main(["config", "check", path]) == 2
+    assert capsys.readouterr().err == (
+        f"{path}:7: [[alerts]] #2, key name: duplicate notifier name 'ops'\n"
+    )

@@ -75,7 +75,7 @@ def test_silent_node_turns_suspect_then_down_at_the_default_times() -> None:
     # Punctual heartbeats leave std at its floor, min_std.
     mean, std = DEFAULTS.interval, DEFAULTS.min_std
     suspect_at = predicted_crossing(mean + 2 * DEFAULTS.interval, std, DEFAULTS.threshold)
-    down_at = predicted_crossing(mean + 5 * DEFAULTS.interval, std, DEFAULTS.threshold)
+    down_at = predicted_crossing(mean + 3 * DEFAULTS.interval, std, DEFAULTS.threshold)
 
     measured_suspect = first_crossing(detector.phi_suspect, last, DEFAULTS.threshold, 0.001)
     measured_down = first_crossing(detector.phi_down, last, DEFAULTS.threshold, 0.001)
@@ -85,7 +85,7 @@ def test_silent_node_turns_suspect_then_down_at_the_default_times() -> None:
     assert measured_suspect == pytest.approx(suspect_at, abs=0.002)
     assert measured_down == pytest.approx(down_at, abs=0.002)
     assert measured_suspect == pytest.approx(3.6, rel=0.1)
-    assert measured_down == pytest.approx(6.6, rel=0.1)
+    assert measured_down == pytest.approx(4.6, rel=0.1)
     assert detector.verdict(last + measured_suspect - 0.01) is Verdict.ALIVE
     assert detector.verdict(last + measured_suspect + 0.01) is Verdict.SUSPECT
     assert detector.verdict(last + measured_down - 0.01) is Verdict.SUSPECT
