@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from pimon import __version__, rawhttp
+
+MAX_ANSWER = 64 * 1024 * 1024  # far above any real answer (10,000 nodes is ~10 MB)
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class MonitorUnreachable(Exception):
@@ -32,23 +37,43 @@ def request(
 ) -> Any:
     """Call the monitor API and return the decoded JSON answer."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
-    req.add_header("Accept", "application/json")
+    headers = {"Accept": "application/json", "User-Agent": f"pimon/{__version__}"}
     if data is not None:
-        req.add_header("Content-Type", "application/json")
+        headers["Content-Type"] = "application/json"
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            message = json.loads(raw)["error"]
-        except (ValueError, KeyError, TypeError):
-            message = raw.decode("utf-8", "replace").strip() or e.reason
-        raise ApiError(e.code, str(message)) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
+        answer = _follow(method, base.rstrip("/") + path, headers, data, timeout)
+    except rawhttp.HttpError as e:
+        # The OS's own words ("[Errno 111] Connection refused") where there are some.
+        reason = e.cause if isinstance(e.cause, OSError) else e
         raise MonitorUnreachable(f"cannot reach monitor at {base}: {reason}") from None
-    return json.loads(raw) if raw else None
+    except ValueError as e:  # not an http(s) URL, here or in a redirect
+        raise MonitorUnreachable(f"cannot reach monitor at {base}: {e}") from None
+    if not 200 <= answer.status < 300:
+        raise ApiError(answer.status, error_message(answer))
+    return json.loads(answer.body) if answer.body else None
+
+
+def error_message(answer: rawhttp.Response) -> str:
+    """Return the message of an error answer: its JSON ``error``, else its text or reason."""
+    try:
+        return str(json.loads(answer.body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return answer.body.decode("utf-8", "replace").strip() or answer.reason
+
+
+def _follow(
+    method: str, url: str, headers: dict[str, str], data: bytes | None, timeout: float
+) -> rawhttp.Response:
+    """Send the request; follow GET redirects (a proxy moving http to https) like urllib did."""
+    for _ in range(MAX_REDIRECTS):
+        answer = rawhttp.request(method, url, headers, data, timeout=timeout, max_body=MAX_ANSWER)
+        location = answer.headers.get("location")
+        if answer.status not in REDIRECTS or not location or method != "GET":
+            return answer
+        target = urljoin(url, location)
+        if urlsplit(target).hostname != urlsplit(url).hostname:
+            headers = {k: v for k, v in headers.items() if k != "Authorization"}
+        url = target
+    return answer  # still redirected: the caller reports the last answer as an error

@@ -1,6 +1,6 @@
 """Push heartbeats to monitors: one thread, schedule and connection per monitor.
 
-The agent stays lean, so this is a small HTTP/1.1 client over a plain socket;
+The agent stays lean: ``rawhttp`` speaks HTTP/1.1 over a plain socket, and
 ``http.client`` (and with it ``ssl``) is imported only for https monitors.
 """
 
@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from pimon import rawhttp
 
 log = logging.getLogger("pimon.push")
 
@@ -29,90 +31,22 @@ class Connection:
     """A keep-alive HTTP/1.1 connection to one monitor, reopened on demand."""
 
     def __init__(self, url: str, token: str | None, timeout: float) -> None:
-        parts = urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.https else 80)
-        self.path = (parts.path.rstrip("/") or "") + "/v1/heartbeat"
-        self.token = token
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
-        self.buffer = b""
+        self.http = rawhttp.Connection(url, timeout=timeout, max_body=64 * 1024)
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def post(self, body: bytes, timeout: float | None = None) -> int:
         """POST one heartbeat; return the HTTP status."""
-        if self.https:
-            return self._post_https(body, timeout or self.timeout)
-        for attempt in (1, 2):  # a kept-alive socket the monitor closed gets one fresh retry
-            fresh = self.sock is None
-            try:
-                if self.sock is None:
-                    self.sock = socket.create_connection(
-                        (self.host, self.port), timeout or self.timeout
-                    )
-                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self.buffer = b""
-                self.sock.settimeout(timeout or self.timeout)
-                self.sock.sendall(self._request(body))
-                return self._read_status()
-            except (OSError, PushError) as e:
-                self.close()
-                if fresh or attempt == 2:
-                    raise PushError(_describe(e)) from None
-        raise AssertionError("unreachable")
-
-    def _request(self, body: bytes) -> bytes:
-        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
-        head = (
-            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
-        )
-        return head.encode("latin-1") + body
-
-    def _read_status(self) -> int:
-        assert self.sock is not None
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise PushError("connection closed by monitor")
-            self.buffer += chunk
-        head, _, rest = self.buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {
-            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])
-        }
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise PushError("connection closed by monitor")
-            rest += chunk
-        self.buffer = rest[length:]
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        return status
-
-    def _post_https(self, body: bytes, timeout: float) -> int:
-        import http.client
-
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
         try:
-            headers = {"Content-Type": "application/json"}
-            if self.token:
-                headers["Authorization"] = f"Bearer {self.token}"
-            conn.request("POST", self.path, body, headers)
-            return conn.getresponse().status
-        except OSError as e:
-            raise PushError(_describe(e)) from None
-        finally:
-            conn.close()
+            answer = self.http.request("POST", "/v1/heartbeat", self.headers, body, timeout=timeout)
+        except rawhttp.HttpError as e:
+            raise PushError(str(e)) from None
+        return answer.status
 
     def close(self) -> None:
         """Drop the connection."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self.http.close()
 
 
 class DatagramChannel:
@@ -141,7 +75,8 @@ class DatagramChannel:
             self.sock.send(seal_datagram(self.token, body))
         except OSError as e:
             self.close()
-            raise PushError(_describe(e)) from None
+            reason = "connection refused" if isinstance(e, ConnectionRefusedError) else str(e)
+            raise PushError(reason or type(e).__name__) from None
         return 202
 
     def close(self) -> None:
@@ -156,16 +91,6 @@ def channel(url: str, token: str | None, timeout: float) -> Connection | Datagra
     if url.startswith("udp://"):
         return DatagramChannel(url, token)
     return Connection(url, token, timeout)
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, TimeoutError):
-        return "timeout"
-    if isinstance(e, socket.gaierror):
-        return "host not found"
-    return str(e) or type(e).__name__
 
 
 class Pusher:

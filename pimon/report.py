@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -138,7 +137,7 @@ def status(monitor: str, token: str | None, *, as_json: bool) -> int:
         print(f"no nodes are watched by {monitor}")
         return 0
     tty = sys.stdout.isatty()
-    width = shutil.get_terminal_size((160, 24)).columns if tty else 160
+    width = os.get_terminal_size().columns if tty else 160
     colour = tty and "NO_COLOR" not in os.environ
     lines = plain_table(views, answer.get("now") or time.time(), width=width, colour=colour)
     sys.stdout.write("\n".join([*lines, summary(views)]) + "\n")
