@@ -117,10 +117,12 @@ class Courier:
                 await self.outbox.retry(entry.id, next_at, str(e))
             return
         now = self.clock()
+        await self.outbox.finish(entry.id, "delivered", now, None)
+        # Counted once it is on disk: a reader of /v1/alerts sees "sent" only when a
+        # restart would no longer send it again.
         stats.sent += 1
         stats.pending -= 1
         stats.last_success_at = now
-        await self.outbox.finish(entry.id, "delivered", now, None)
 
     async def _refresh(self, now: float) -> None:
         try:

@@ -286,12 +286,16 @@ def test_recovery_after_a_sigkill_of_the_monitor_resolves_the_down_alert(
 ) -> None:
     url = receiver(hooks)
     cfg = config(tmp_path, {"kind": "webhook", "url": url})
-    cluster(procs, 2, cfg)
+    first = cluster(procs, 2, cfg)
     [r] = hooks
     pi1, pi2 = agent(procs, "pi-1"), agent(procs, "pi-2")
     pi1.kill()
     wait_until(lambda: "node_down" in events(r, "pi-1"), BOUND_S, "down alert")
     [down] = r.payloads()
+    # The webhook has it; wait until the monitor has recorded the delivery too, or
+    # the SIGKILL lands in the few milliseconds between the two and it is re-sent.
+    sent = lambda: get_json(f"{first}/v1/alerts")["notifiers"][0]["sent"] == 1  # noqa: E731
+    wait_until(sent, BOUND_S, "delivery recorded")
     procs.last_monitor.kill()
 
     nodes = [f"--node=pi-1={pi1.address}", f"--node=pi-2={pi2.address}"]
