@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pimon.demo import Cluster
 
+# Headless, offline and quiet: shared with the browser tests (tests/test_web.py).
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -29,7 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--hide-scrollbars",
 ]
 
 
@@ -59,7 +59,9 @@ def photograph(
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     shots = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=chromium, args=[*CHROMIUM_ARGS, "--hide-scrollbars"]
+        )
         page = browser.new_page(
             viewport={"width": 1200, "height": 640}, device_scale_factor=1, color_scheme="light"
         )

@@ -1,17 +1,22 @@
-"""Shared fixtures: real agent and monitor processes on loopback, port 0."""
+"""Shared fixtures: real agent and monitor processes, alert receivers, all on loopback port 0."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from pimon.alertformat import Alert, Event
 from pimon.demo import Child, agent_args
+from tests.receivers import Receiver
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
@@ -43,6 +48,18 @@ def get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
 def states(monitor_url: str) -> dict[str, str]:
     """Return node name -> state from a monitor."""
     return {n["name"]: n["state"] for n in get_json(f"{monitor_url}/v1/nodes")["nodes"]}
+
+
+def run_pimon(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the pimon CLI in a child process and return its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pimon", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 class Procs:
@@ -100,3 +117,36 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """Record requests on a real loopback server; it stops at the end of the test."""
+    r = Receiver()
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """Open an aiohttp client session for the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+class Clock:
+    """A settable clock."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def alert(node: str = "pi1", at: float = 100.0) -> Alert:
+    """Return a node-down alert for ``node`` at ``at``."""
+    return Alert(Event.NODE_DOWN, node, "up", "down", "refused", at, f"{node} is down: refused")

@@ -6,7 +6,6 @@ import itertools
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +15,9 @@ from typing import Any
 import pytest
 
 from pimon.demo import Child
-from tests.conftest import Procs, get_json, states, wait_until
+from tests.conftest import Procs, get_json, run_pimon, states, wait_until
 from tests.interop import require_tool
-from tests.test_notifiers import ThreadedReceiver
+from tests.receivers import ThreadedReceiver
 
 BOUND_S = 20.0  # generous: the machine is shared and slow at times
 INTERVAL = 0.2
@@ -319,13 +318,7 @@ def test_alert_test_command_reports_each_notifier(
         {"kind": "webhook", "url": good, "name": "good"},
         {"kind": "slack", "url": "http://127.0.0.1:1/services/x", "name": "broken"},
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pimon", "alert", "test", "--config", cfg],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_pimon("alert", "test", "--config", cfg)
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "ok    good (webhook)"
@@ -337,13 +330,7 @@ def test_alert_test_command_reports_each_notifier(
 def test_bad_alerts_table_stops_the_monitor_at_start(tmp_path: Path) -> None:
     cfg = config(tmp_path, {"kind": "webhook", "url": "http://x", "min_severity": "loud"})
     for command in (["monitor", "--listen", "127.0.0.1:0"], ["alert", "test"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "pimon", *command, "--config", cfg],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_pimon(*command, "--config", cfg)
         assert done.returncode == 2
         assert f"{cfg}:7: [[alerts]] #1, key min_severity: must be info" in done.stderr
 

@@ -5,26 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from pimon.alertconfig import AlertConfig, parse_notifiers
 from pimon.alertformat import Alert
 from pimon.membership import State, Transition
 from pimon.monitor import Monitor, MonitorConfig
-from tests.test_notifiers import Receiver
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
+from tests.receivers import Receiver
 
 
 async def test_monitor_turns_a_transition_into_a_webhook_post(

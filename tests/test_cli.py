@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pimon.cli import main
-from tests.conftest import Procs, states, wait_until
+from tests.conftest import Procs, run_pimon, states, wait_until
 
 
 @pytest.mark.parametrize(
@@ -59,47 +57,30 @@ def test_env_nodes_are_comma_separated(
     assert "PIMON_NODES" in capsys.readouterr().err
 
 
-def run_status(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pimon", "status", *args],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_status_exit_codes_and_json(procs: Procs) -> None:
     agent = procs.agent("pi-1")
     url = procs.monitor(f"--node=pi-1={agent.address}")
     wait_until(lambda: states(url)["pi-1"] == "up", 20, "up")
-    ok = run_status("--monitor", url)
+    ok = run_pimon("status", "--monitor", url)
     assert ok.returncode == 0, ok.stderr
     assert "pi-1" in ok.stdout and "up" in ok.stdout and "1 up" in ok.stdout
-    as_json = run_status("--monitor", url, "--json")
+    as_json = run_pimon("status", "--monitor", url, "--json")
     views = json.loads(as_json.stdout)
     assert as_json.returncode == 0 and views[0]["name"] == "pi-1" and views[0]["state"] == "up"
 
     agent.kill()
     wait_until(lambda: states(url)["pi-1"] == "down", 20, "down")
-    bad = run_status("--monitor", url)
+    bad = run_pimon("status", "--monitor", url)
     assert bad.returncode == 1 and "down" in bad.stdout
 
 
 def test_status_exits_2_when_monitor_unreachable() -> None:
-    result = run_status("--monitor", "http://127.0.0.1:1")
+    result = run_pimon("status", "--monitor", "http://127.0.0.1:1")
     assert result.returncode == 2
     assert "cannot reach monitor at http://127.0.0.1:1" in result.stderr
 
 
 def test_monitor_url_comes_from_environment(procs: Procs) -> None:
     url = procs.monitor()
-    result = subprocess.run(
-        [sys.executable, "-m", "pimon", "status"],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-        env={**__import__("os").environ, "PIMON_MONITOR": url},
-    )
+    result = run_pimon("status", env={**__import__("os").environ, "PIMON_MONITOR": url})
     assert result.returncode == 0 and "no nodes" in result.stdout

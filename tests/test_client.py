@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from pimon import client
 from pimon.client import ApiError, MonitorUnreachable, request
+from tests.httpserver import LoopbackServer, QuietHandler, serving
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     """A fake monitor API: fixed answers per path; records the headers it was sent."""
 
-    protocol_version = "HTTP/1.1"
     server: Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes, **headers: str) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _route(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -55,29 +42,19 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_DELETE = _route
 
 
-class Server(ThreadingHTTPServer):
+class Server(LoopbackServer):
     """A threaded fake monitor that remembers each request."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.seen: list[tuple[str, str, dict[str, str], Any]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 @pytest.fixture
 def monitor() -> Iterator[Server]:
     srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(srv):
+        yield srv
 
 
 def test_get_returns_decoded_json_and_sends_token(monitor: Server) -> None:

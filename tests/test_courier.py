@@ -4,44 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from pimon.alertconfig import parse_notifiers
 from pimon.courier import Courier, backoff
 from pimon.notifiers import Notifier, build
 from pimon.outbox import Outbox
-from tests.test_notifiers import Receiver
-from tests.test_outbox import alert
-
-
-class Clock:
-    """A settable clock."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+from tests.conftest import Clock, alert
+from tests.receivers import Receiver
 
 
 def webhook(session: aiohttp.ClientSession, url: str, name: str) -> Notifier:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 
 from pimon.deadman import DeadMan, due, health
-from tests.test_notifiers import Receiver
+from tests.receivers import Receiver
 
 INTERVAL = 0.2
 
@@ -25,16 +23,6 @@ def test_due_every_interval() -> None:
     assert due(100.0, None, 60.0)
     assert not due(159.9, 100.0, 60.0)
     assert due(160.0, 100.0, 60.0)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 class Cluster:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from rich.console import Console
 from pimon import history
 from pimon.history import find_outages, percent, render, report
 from pimon.report import duration
-from tests.conftest import Procs, get_json, states, wait_until
+from tests.conftest import Procs, get_json, run_pimon, states, wait_until
 
 DETECTION_BOUND_S = 20.0
 NOW = 1_800_000_000.0
@@ -25,16 +23,6 @@ HOUR = 3600.0
 def transition(id_: int, node: str, change: str, at: float, reason: str = "") -> dict[str, Any]:
     old, new = change.split(">")
     return {"id": id_, "node": node, "old": old, "new": new, "at": at, "reason": reason}
-
-
-def run_history(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pimon", "history", *args],
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-    )
 
 
 def plain(answer: dict[str, Any]) -> str:
@@ -119,7 +107,7 @@ def test_killed_and_restarted_node_shows_an_outage_with_duration_and_reasons(pro
     up = transitions[0]
     assert "connection refused" in down["reason"]
 
-    text = run_history("pi-1", "--monitor", url, "--since", "1h")
+    text = run_pimon("history", "pi-1", "--monitor", url, "--since", "1h")
     assert text.returncode == 0, text.stderr
     assert "pi-2" not in text.stdout
     recovery = next(line for line in text.stdout.splitlines() if re.search(r"down (→|->) up", line))
@@ -128,7 +116,7 @@ def test_killed_and_restarted_node_shows_an_outage_with_duration_and_reasons(pro
     assert "connection refused" in text.stdout
     assert "1 outage" in text.stdout
 
-    as_json = run_history("pi-1", "--monitor", url, "--json")
+    as_json = run_pimon("history", "pi-1", "--monitor", url, "--json")
     assert as_json.returncode == 0, as_json.stderr
     answer = json.loads(as_json.stdout)
     assert set(answer) == {"node", "since", "now", "truncated", "transitions", "outages", "nodes"}
@@ -165,13 +153,13 @@ def test_history_follows_next_links_and_stops_at_the_page_bound(
 
 def test_unknown_node_exits_1_and_bad_since_exits_2(procs: Procs) -> None:
     url = procs.monitor()
-    missing = run_history("nope", "--monitor", url)
+    missing = run_pimon("history", "nope", "--monitor", url)
     assert missing.returncode == 1 and "knows no node named 'nope'" in missing.stderr
-    bad = run_history("--since", "yesterday", "--monitor", url)
+    bad = run_pimon("history", "--since", "yesterday", "--monitor", url)
     assert bad.returncode == 2 and "--since 'yesterday'" in bad.stderr
 
 
 def test_history_exits_2_when_monitor_unreachable() -> None:
-    result = run_history("--monitor", "http://127.0.0.1:1")
+    result = run_pimon("history", "--monitor", "http://127.0.0.1:1")
     assert result.returncode == 2
     assert "cannot reach monitor at http://127.0.0.1:1" in result.stderr

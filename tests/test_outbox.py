@@ -8,10 +8,7 @@ from pathlib import Path
 from pimon.alertformat import Alert, Event
 from pimon.outbox import Outbox
 from pimon.store import Store
-
-
-def alert(node: str = "pi1", at: float = 100.0) -> Alert:
-    return Alert(Event.NODE_DOWN, node, "up", "down", "refused", at, f"{node} is down: refused")
+from tests.conftest import alert
 
 
 async def test_queued_alert_survives_reopen(tmp_path: Path) -> None:

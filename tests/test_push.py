@@ -7,8 +7,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pimon.push import BACKOFF_CAP_S, Pusher
-from tests.conftest import Procs, get_json, states, wait_until
+from tests.conftest import Procs, get_json, run_pimon, states, wait_until
 
 
 def nodes(url: str) -> dict[str, dict[str, object]]:
@@ -135,35 +133,25 @@ def test_broken_push_path_is_found_by_the_probe_and_polled(
     assert states(url)["via-proxy"] == "up"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pimon", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_nodes_add_and_remove_round_trip_with_token(procs: Procs, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("round-trip-token\n")
     os.chmod(token, 0o600)
     url = procs.monitor("--token-file", str(token))
     agent = procs.agent("late")
-    denied = run_cli("nodes", "add", "late", agent.address or "", "--monitor", url)
+    denied = run_pimon("nodes", "add", "late", agent.address or "", "--monitor", url)
     assert denied.returncode == 1 and "401" in denied.stderr
-    added = run_cli(
+    added = run_pimon(
         "nodes", "add", "late", agent.address or "", "--monitor", url, "--token-file", str(token)
     )
     assert added.returncode == 0, added.stderr
     assert "late: registered at" in added.stdout
     wait_until(lambda: states(url).get("late") == "up", 20, "up")
     assert get_json(f"{url}/v1/nodes/late")["source"] == "api"
-    removed = run_cli("nodes", "remove", "late", "--monitor", url, "--token-file", str(token))
+    removed = run_pimon("nodes", "remove", "late", "--monitor", url, "--token-file", str(token))
     assert removed.returncode == 0 and "late: deregistered" in removed.stdout
     assert "late" not in states(url)
-    gone = run_cli("nodes", "remove", "late", "--monitor", url, "--token-file", str(token))
+    gone = run_pimon("nodes", "remove", "late", "--monitor", url, "--token-file", str(token))
     assert gone.returncode == 1 and "no node named 'late'" in gone.stderr
 
 
@@ -171,7 +159,7 @@ def test_removing_a_live_push_node_warns_it_comes_back(procs: Procs) -> None:
     url = procs.monitor()
     procs.agent("stubborn", "--monitor", url)
     wait_until(lambda: states(url).get("stubborn") == "up", 20, "up")
-    removed = run_cli("nodes", "remove", "stubborn", "--monitor", url)
+    removed = run_pimon("nodes", "remove", "stubborn", "--monitor", url)
     assert removed.returncode == 0
     assert "comes back with its next one" in removed.stdout and "stop its agent" in removed.stdout
     wait_until(lambda: "stubborn" in states(url), 20, "back")

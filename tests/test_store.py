@@ -27,24 +27,15 @@ from pimon.store import (
     backoff_delay,
     default_db_path,
 )
+from tests.conftest import Clock
 
 DAY = 86400.0
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % DAY  # midnight UTC: minute, hour and day aligned
 
 
-class FakeClock:
-    """A settable clock."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -53,7 +44,7 @@ def db(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_store(db: str, clock: FakeClock) -> Iterator[Callable[..., Store]]:
+def make_store(db: str, clock: Clock) -> Iterator[Callable[..., Store]]:
     """Open stores on the test database (maintenance only when asked); close them all after."""
     stores: list[Store] = []
 
@@ -193,7 +184,7 @@ def test_transitions_page_newest_first_with_before_id(make_store) -> None:
     assert [t.reason for _, t in odd] == ["19", "17", "15", "13", "11"]
 
 
-def write_minutes(store: Store, clock: FakeClock) -> None:
+def write_minutes(store: Store, clock: Clock) -> None:
     """Samples either side of the T0+60 s boundary, some with NULL columns."""
     store.record_sample("pi-01", T0 + 1.0, {"cpu_percent": 10.0, "temp_c": None})
     store.record_sample("pi-01", T0 + 30.0, {"cpu_percent": None, "temp_c": 40.0})

@@ -20,21 +20,12 @@ from aiohttp import web
 
 from pimon import dashboard
 from pimon.demo import Child
+from scripts.screenshot import CHROMIUM_ARGS
 from tests.conftest import Procs, get_json, wait_until
 from tests.interop import REQUIRE_ENV, require_tool
 
 pytestmark = pytest.mark.interop
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BOUND_MS = 30_000  # detection plus rendering, generous: the machine is shared and slow at times
 TOKEN = "read-s3cret"
 
