@@ -191,7 +191,7 @@ class Monitor:
         if result.created:
             log.info("%s: registered by its first push (id %s)", hb.name, hb.id)
         node = self.membership.nodes[hb.name]
-        if node.mode == "push" and node.address and hb.name in self.poller.tasks:
+        if node.mode == "push" and node.address and hb.name in self.poller.watched:
             self.poller.unwatch(hb.name)  # the push path works again: stop the fallback polling
         self._after_heartbeat(node, hb, now, result.transitions, force=result.created)
         return result
@@ -267,13 +267,12 @@ class Monitor:
 
     def _maybe_probe(self, name: str) -> None:
         node = self.membership.nodes.get(name)
-        if node is None or node.mode != "push" or not node.address or name in self.poller.tasks:
+        if node is None or node.mode != "push" or not node.address or name in self.poller.watched:
             return
         self._spawn(self._probe(name, node.address), f"probe {name}")
 
     async def _probe(self, name: str, address: str) -> None:
-        assert self.poller.session is not None
-        result = await poll_once(self.poller.session, address, self.poller.timeout)
+        result = await poll_once(self.poller.client, address, self.poller.timeout)
         node = self.membership.nodes.get(name)
         if node is None or node.state is not State.SUSPECT:
             return  # a push arrived meanwhile, or it was deregistered

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,10 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pimon.httpclient import BodyTooLarge, ConnectionClosed, HttpError
 from pimon.membership import Failure
-from pimon.poller import classify, decode
+from pimon.poller import Poller, PollResult, classify, decode, poll_once
 from pimon.wire import MAX_BODY_BYTES, Heartbeat, encode_heartbeat
 from tests.conftest import Procs, get_json, states, wait_until
+from tests.test_httpclient import RawServer
 
 Answer = Callable[[], tuple[int, bytes]]
 
@@ -124,3 +129,172 @@ def test_classify_treats_timeouts_as_late_evidence_only() -> None:
     assert classify(TimeoutError(), "h") == (Failure.TIMEOUT, "timeout")
     failure, detail = classify(RuntimeError("boom"), "h")
     assert failure is Failure.ERROR and "boom" in detail
+
+
+def heartbeat_answer(seq: int) -> bytes:
+    body = encode_heartbeat(Heartbeat(v=1, name="x", id="i", seq=seq, sent_at=time.time()))
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def keep_answering(conn: socket.socket, server: RawServer) -> None:
+    seq = 0
+    while server.read_request(conn) is not None:
+        seq += 1
+        conn.sendall(heartbeat_answer(seq))
+
+
+@pytest.fixture
+def raw_servers() -> Iterator[Callable[..., RawServer]]:
+    started: list[RawServer] = []
+
+    def start(handler: Callable[[socket.socket, RawServer], None]) -> RawServer:
+        started.append(RawServer(handler))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+class Deliveries:
+    """Poll results by node name, with a way to wait for enough of them."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, list[PollResult]] = {}
+        self.changed = asyncio.Event()
+
+    def __call__(self, name: str, result: PollResult) -> None:
+        self.by_node.setdefault(name, []).append(result)
+        self.changed.set()
+
+    async def wait(self, enough: Callable[[], bool], seconds: float = 10.0) -> None:
+        async with asyncio.timeout(seconds):
+            while not enough():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_poller_asks_every_node_each_interval_over_one_connection_each(
+    raw_servers: Callable[..., RawServer],
+) -> None:
+    servers = {f"n{i}": raw_servers(keep_answering) for i in range(3)}
+    got = Deliveries()
+    poller = Poller(0.1, got)
+    await poller.start()
+    for name, server in servers.items():
+        poller.watch(name, server.address)
+    try:
+        await got.wait(lambda: all(len(got.by_node.get(n, [])) >= 5 for n in servers))
+    finally:
+        await poller.close()
+    for name, server in servers.items():
+        results = got.by_node[name]
+        assert all(r.heartbeat is not None and r.failure is None for r in results), results
+        assert [r.heartbeat.seq for r in results if r.heartbeat] == list(range(1, len(results) + 1))
+        assert all(r.rtt_ms > 0 for r in results)
+        assert server.accepts == 1
+    assert poller.polls == sum(len(r) for r in got.by_node.values())
+    assert poller.errors == 0
+
+
+async def test_poller_times_out_a_hung_agent_closes_and_reconnects(
+    raw_servers: Callable[..., RawServer],
+) -> None:
+    def hang_first(conn: socket.socket, server: RawServer) -> None:
+        if server.accepts == 1:
+            server.read_request(conn)
+            server.wait_client_close(conn)
+        else:
+            keep_answering(conn, server)
+
+    server = raw_servers(hang_first)
+    got = Deliveries()
+    poller = Poller(0.2, got)
+    await poller.start()
+    poller.watch("hung", server.address)
+    try:
+        await got.wait(lambda: any(r.heartbeat for r in got.by_node.get("hung", [])))
+    finally:
+        await poller.close()
+    first = got.by_node["hung"][0]
+    assert (first.failure, first.detail) == (Failure.TIMEOUT, "timeout")
+    assert first.rtt_ms >= poller.timeout * 1000 * 0.9
+    assert server.client_closed.is_set()
+    assert server.accepts == 2
+
+
+async def test_poller_survives_a_failing_deliver_and_unwatch_closes(
+    raw_servers: Callable[..., RawServer],
+) -> None:
+    server = raw_servers(keep_answering)
+    got = Deliveries()
+
+    def deliver(name: str, result: PollResult) -> None:
+        got(name, result)
+        if len(got.by_node[name]) == 1:
+            raise RuntimeError("a bug in the monitor")
+
+    poller = Poller(0.1, deliver)
+    await poller.start()
+    poller.watch("a", server.address)
+    try:
+        await got.wait(lambda: len(got.by_node.get("a", [])) >= 3)
+        assert "a" in poller.watched
+        poller.unwatch("a")
+        assert "a" not in poller.watched
+        assert await asyncio.to_thread(server.client_closed.wait, 5)
+    finally:
+        await poller.close()
+    assert server.accepts == 1
+
+
+async def test_probe_classifies_answers_refusals_and_unknown_hosts(
+    raw_servers: Callable[..., RawServer],
+) -> None:
+    server = raw_servers(keep_answering)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = f"127.0.0.1:{s.getsockname()[1]}"
+    poller = Poller(1.0, Deliveries())
+    await poller.start()
+    try:
+        answered = await poller.probe(server.address)
+        closed = await poller.probe(refused)
+        unknown = await poll_once(poller.client, "no-such-host.invalid:7071", 30)
+    finally:
+        await poller.close()
+    assert answered.heartbeat is not None and answered.heartbeat.seq == 1
+    assert (closed.failure, closed.detail) == (
+        Failure.REFUSED,
+        "connection refused: agent not running",
+    )
+    assert (unknown.failure, unknown.detail) == (
+        Failure.UNRESOLVABLE,
+        "host not found: no-such-host.invalid",
+    )
+
+
+def test_classify_names_protocol_and_connection_failures() -> None:
+    assert classify(BodyTooLarge("body over 64 KiB"), "h") == (
+        Failure.BAD,
+        "bad heartbeat: body over 64 KiB",
+    )
+    assert classify(HttpError("not an HTTP/1.x answer: b'SSH'"), "h")[0] is Failure.BAD
+    assert classify(ConnectionClosed(), "h") == (Failure.ERROR, "connection closed by agent")
+    assert classify(ConnectionResetError(104, "reset"), "h") == (
+        Failure.ERROR,
+        "connection reset by agent",
+    )
+    unreachable = OSError(errno.EHOSTUNREACH, "No route to host")
+    assert classify(unreachable, "h") == (Failure.ERROR, "cannot connect: No route to host")
+
+
+def test_a_resolver_outage_is_late_evidence_not_a_conviction() -> None:
+    import socket
+
+    from pimon.httpclient import HostNotFound
+
+    failure, detail = classify(HostNotFound(socket.EAI_AGAIN, "try again"), "pi-1.lan")
+    assert failure is Failure.ERROR and detail == "name lookup failed for now: pi-1.lan"
+    failure, _ = classify(HostNotFound(socket.EAI_NONAME, "unknown"), "pi-1.lan")
+    assert failure is Failure.UNRESOLVABLE
