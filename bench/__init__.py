@@ -257,11 +257,16 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def start_pimon(args: Sequence[str], log_path: str, cpu: int | None = None) -> tuple[Spawned, str]:
-    """Start a pimon daemon listening on port 0; return it and the address it logged."""
+def start_pimon(
+    args: Sequence[str],
+    log_path: str,
+    cpu: int | None = None,
+    command: Sequence[str] | None = None,
+) -> tuple[Spawned, str]:
+    """Start a pimon daemon (``command``, else python -m pimon); return it and its address."""
     from pimon.demo import LISTEN_RE
 
-    spawned = Spawned(pimon_command(*args), log_path, cpu)
+    spawned = Spawned([*(command or pimon_command()), *args], log_path, cpu)
     try:
         text = wait_log(spawned, "listening on http://", 60.0)
     except BaseException:
