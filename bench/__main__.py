@@ -35,7 +35,7 @@ ORDER = ("footprint", "pull", "push", "detector", "cli", "store")
 CAPS = {
     "footprint": (240, 45),
     "pull": (480, 75),
-    "push": (840, 90),
+    "push": (900, 120),
     "detector": (420, 60),
     "cli": (150, 45),
     "store": (300, 60),

@@ -30,7 +30,6 @@ from bench import (
     Spawned,
     cpu_seconds,
     http_get,
-    pimon_command,
     profile_tables,
     profiled,
     python_module,
@@ -49,11 +48,22 @@ MISTAKE_RE = re.compile(
 )
 LAG_P99_RE = re.compile(r"^pimon_monitor_event_loop_lag_p99_seconds(?:\{[^}]*\})? (\S+)$", re.M)
 RECEIVED_RE = re.compile(r"^pimon_monitor_heartbeats_received_total(?:\{[^}]*\})? (\S+)$", re.M)
-# Run the monitor as if uvloop were not installed: a None entry makes its import fail.
-NO_UVLOOP = (
-    "import runpy, sys; sys.modules['uvloop'] = None; "
-    "runpy.run_module('pimon', run_name='__main__', alter_sys=True)"
-)
+# The monitor runs under this prelude, which logs every garbage collection pause of 10 ms or
+# more (a full collection over many connections stalls the loop); a None entry for uvloop
+# makes its import fail, to run the monitor as if uvloop were not installed.
+MONITOR_PRELUDE = """\
+import gc, runpy, sys, time
+{hide_uvloop}
+began = [0.0]
+def watch(phase, info):
+    if phase == "start":
+        began[0] = time.perf_counter()
+    elif (took := time.perf_counter() - began[0]) >= 0.01:
+        print(f"gc pause {{info['generation']}} {{took:.4f}} {{time.time():.3f}}", file=sys.stderr)
+gc.callbacks.append(watch)
+runpy.run_module("pimon", run_name="__main__", alter_sys=True)
+"""
+GC_PAUSE_RE = re.compile(r"^gc pause (\d) (\S+) (\S+)$", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +73,18 @@ class Transport:
     name: str
     udp: bool = False
     uvloop: bool = True  # used when installed
+    connections: int = 0  # HTTP: 0 is one per node, as agents do; else nodes share these
 
     def command(self) -> list[str]:
         """Return the command line that starts pimon (without its arguments)."""
-        return pimon_command() if self.uvloop else [sys.executable, "-c", NO_UVLOOP]
+        hide = "" if self.uvloop else "sys.modules['uvloop'] = None"
+        return [sys.executable, "-c", MONITOR_PRELUDE.format(hide_uvloop=hide)]
 
 
 HTTP = Transport("HTTP")
 UDP = Transport("UDP", udp=True)
 HTTP_ASYNCIO = Transport("HTTP, asyncio loop", uvloop=False)
+HTTP_SHARED = Transport("HTTP, 256 shared connections", connections=256)
 
 
 @dataclass(slots=True)
@@ -91,6 +104,8 @@ class Level:
     generator_late_s: float
     generator_cpu_share: float
     others_share: float  # the monitor's core busy with other processes (shared machine)
+    gc_share: float  # of the window spent in garbage collection pauses of 10 ms or more
+    gc_max_s: float
     why: str
     rate: float  # heartbeats per second in the window
     loop: str = "?"  # the monitor's event loop: uvloop or asyncio
@@ -198,6 +213,7 @@ class Observation:
     mistakes: int = 0  # transitions to suspect or down dated inside the window
     lost: int = 0  # datagrams dropped unread in the window (UDP)
     others_s: float = 0.0  # CPU seconds other processes took on the monitor's core
+    gc_pauses: list[float] = field(default_factory=list)  # seconds, ≥ 10 ms, in the window
     loop: str = "?"
 
 
@@ -263,7 +279,8 @@ def observe(
     seen.wall_s = time.perf_counter() - t0
     seen.cpu_s, seen.rss = cpu_seconds(pid) - cpu0, rss_bytes(pid)
     seen.others_s = core_busy_seconds(SERVER_CPU) - core0 - seen.cpu_s
-    wall1 = time.time()
+    # Nodes on schedule fall silent at the schedule's end even while late ones push on.
+    wall1 = min(time.time(), schedule_end(generator.log_text()) + 1.0)
     drops1 = udp_drops(port) if udp else None
     if drops0 is not None and drops1 is not None:
         seen.lost = drops1 - drops0
@@ -276,6 +293,9 @@ def observe(
     seen.lag_p99_s, seen.received = monitor_figures(url)
     log_text = monitor.log_text()
     seen.mistakes = mistakes_between(log_text, wall0, wall1)
+    seen.gc_pauses = [
+        float(took) for _, took, at in GC_PAUSE_RE.findall(log_text) if wall0 <= float(at) <= wall1
+    ]
     seen.loop = "uvloop" if "using uvloop" in log_text else "asyncio"
     return seen
 
@@ -287,8 +307,10 @@ def judge(nodes: int, seen: Observation, tally: dict[str, float], scheduled: flo
     lag_seen = seen.lag_p99_s if seen.lag_p99_s is not None else probe_p99
     taken = seen.received if seen.received is not None else tally.get("accepted", 0)
     taken_share = taken / scheduled
-    # HTTP: answers other than 202 over the run; UDP: datagrams dropped unread in the window.
-    lost_share = (tally.get("failed", 0) / scheduled) + seen.lost / max(seen.counted, 1)
+    # HTTP: answers other than 202 and pushes skipped while a node still waited for an answer,
+    # over the run; UDP: datagrams dropped unread in the window.
+    missed = tally.get("failed", 0) + tally.get("skipped", 0)
+    lost_share = missed / scheduled + seen.lost / max(seen.counted, 1)
     why = []
     if seen.mistakes:
         why.append(f"{seen.mistakes} false suspects")
@@ -316,6 +338,8 @@ def judge(nodes: int, seen: Observation, tally: dict[str, float], scheduled: flo
         generator_late_s=late,
         generator_cpu_share=seen.generator_cpu_share,
         others_share=max(0.0, seen.others_s / max(seen.wall_s, 1e-9)),
+        gc_share=sum(seen.gc_pauses) / max(seen.wall_s, 1e-9),
+        gc_max_s=max(seen.gc_pauses, default=0.0),
         why="; ".join(why) or "ok",
         rate=seen.counted / max(span, 1e-9),
         loop=seen.loop,
@@ -347,7 +371,7 @@ def run_level(
     target = f"udp://{address}" if transport.udp else url
     duration = warm_s + measure_s
     gen_args = ["--url", target, "--token-file", token_file, "--nodes", str(nodes)]
-    gen_args += ["--duration", str(duration)]
+    gen_args += ["--duration", str(duration), "--connections", str(transport.connections)]
     gen_log = os.path.join(workdir, f"gen-{tag}.log")
     try:
         generator = Spawned(python_module("bench.pushload", *gen_args), gen_log, LOAD_CPU)
@@ -416,6 +440,13 @@ def progress(log_text: str) -> tuple[int, float]:
     if len(line) != 3 or not line[1].isdigit():
         return 0, 0.0
     return int(line[1]), float(line[2])
+
+
+def schedule_end(log_text: str) -> float:
+    """Return when the generator's schedule ends (wall clock), from its "ends" line."""
+    at = log_text.find("\nends ")
+    line = log_text[at + 1 :].split("\n", 1)[0].split() if at >= 0 else []
+    return float(line[1]) if len(line) == 2 else math.inf
 
 
 def parse_tally(log_text: str) -> dict[str, float]:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import re
+import resource
 import signal
 import socket
 import sys
@@ -31,12 +32,19 @@ from bench import quantile
 from pimon.wire import seal_datagram
 
 MAX_NODES = 50_000
-MAX_CONNECTIONS = 512
+MAX_CONNECTIONS = 16_000  # and no more than the file descriptors allow
 MAX_DURATION_S = 600.0
-LEAD_S = 0.5  # from start-up to the first heartbeat
+LEAD_S = 0.5  # from the end of start-up to the first heartbeat
+# Connections opened at once: thousands would overflow the monitor's listen backlog, and
+# each SYN retry costs a second.
+CONNECTING_AT_ONCE = 64
+# Like an agent, a node never catches up on missed pushes: a slot already this late (in
+# intervals) is skipped, not sent in a burst with the next one.
+SKIP_LATE = 0.5
 CONTENT_LENGTH_RE = re.compile(rb"(?i)content-length: *(\d+)")
 
 Node = tuple[str, str, str, float]  # name, id, boot, offset in the second
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 def heartbeat_body(name: str, node_id: str, boot: str, seq: int, now: float) -> bytes:
@@ -61,6 +69,7 @@ class Tally:
     accepted: int = 0  # HTTP: answered 202; UDP: never known here (the monitor counts)
     failed: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    skipped: int = 0  # pushes not sent: the node was still waiting for an earlier answer
     lates: list[float] = field(default_factory=list)  # seconds behind schedule, per send
 
 
@@ -79,10 +88,15 @@ class HttpGenerator:
         self.tally = Tally()
         self.start = 0.0
 
-    async def drive(self, nodes: list[Node]) -> None:
+    async def connect(self, gate: asyncio.Semaphore) -> Streams:
+        """Open one keep-alive connection, a few at a time."""
+        async with gate:
+            return await asyncio.open_connection(self.host, self.port)
+
+    async def drive(self, nodes: list[Node], streams: Streams) -> None:
         """Push for ``nodes`` over one connection."""
         loop = asyncio.get_running_loop()
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = streams
         tally = self.tally
         try:
             for second in range(math.ceil(self.duration)):
@@ -90,6 +104,9 @@ class HttpGenerator:
                     delay = self.start + second + offset - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                    elif delay < -SKIP_LATE:
+                        tally.skipped += 1
+                        continue
                     tally.lates.append(max(0.0, -delay))
                     body = heartbeat_body(name, node_id, boot, second + 1, time.time())
                     writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -110,12 +127,19 @@ class HttpGenerator:
     async def run(self, count: int, connections: int) -> Tally:
         """Push from ``count`` nodes for the duration; return the tally."""
         nodes = make_nodes(count)
-        lanes = [nodes[c::connections] for c in range(connections)]
-        self.start = asyncio.get_running_loop().time() + LEAD_S
+        lanes = [lane for c in range(connections) if (lane := nodes[c::connections])]
+        gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+        opened = await asyncio.gather(*(self.connect(gate) for _ in lanes), return_exceptions=True)
+        self.start = announce_start(self.duration)
         results = await asyncio.gather(
-            *(self.drive(lane) for lane in lanes if lane), return_exceptions=True
+            *(
+                self.drive(lane, streams)
+                for lane, streams in zip(lanes, opened, strict=True)
+                if not isinstance(streams, BaseException)
+            ),
+            return_exceptions=True,
         )
-        errors = [r for r in results if isinstance(r, BaseException)]
+        errors = [r for r in [*opened, *results] if isinstance(r, BaseException)]
         self.tally.failed += len(errors)
         if errors:
             print(f"{len(errors)} connections failed, first: {errors[0]!r}", file=sys.stderr)
@@ -146,7 +170,7 @@ class DatagramGenerator:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             # Connected, so a monitor not listening on UDP shows up as refused sends.
             sock.connect((self.host, self.port))
-            self.start = loop.time() + LEAD_S
+            self.start = announce_start(self.duration)
             total = math.ceil(self.duration) * count
             i = 0
             while i < total:
@@ -177,6 +201,13 @@ class DatagramGenerator:
 
 
 Generator = HttpGenerator | DatagramGenerator
+
+
+def announce_start(duration: float) -> float:
+    """Return when the schedule starts (loop time); print when it ends (wall clock)."""
+    start = asyncio.get_running_loop().time() + LEAD_S
+    print(f"ends {time.time() + LEAD_S + math.ceil(duration):.3f}", flush=True)
+    return start
 
 
 def make_generator(url: str, token: str, duration: float) -> Generator:
@@ -213,14 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", required=True)
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--connections", type=int, default=256, help="HTTP only")
+    parser.add_argument(
+        "--connections", type=int, default=0, help="HTTP only; 0: one per node, like agents"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     host = urlsplit(args.url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the generator only targets loopback")
     count = min(max(args.nodes, 1), MAX_NODES)
     duration = min(max(args.duration, 1.0), MAX_DURATION_S)
-    connections = min(max(args.connections, 1), MAX_CONNECTIONS, count)
+    descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64
+    connections = min(args.connections or count, MAX_CONNECTIONS, descriptors, count)
+    connections = max(connections, 1)
     with open(args.token_file, encoding="utf-8") as f:
         token = f.read().strip()
     print("generating", flush=True)
@@ -230,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "sent": tally.sent,
         "accepted": tally.accepted,
         "failed": tally.failed,
+        "skipped": tally.skipped,
         "late_p99_s": quantile(tally.lates, 0.99),
         "statuses": tally.statuses,
     }
