@@ -328,13 +328,3 @@ def _where(path: str | None, text: str, table: str | None, key: str) -> str:
     if path and line:
         return f"{path}:{line}: "
     return f"{path}: " if path else ""
-
-
-def describe(resolved: Resolved, settings: Sequence[Setting]) -> list[tuple[str, str, str]]:
-    """Return (name, value, source) rows for ``pimon config show``."""
-    rows = []
-    for s in settings:
-        value = resolved.values.get(s.name)
-        shown = "(secret)" if "token" in s.name and value and s.name != "token_file" else value
-        rows.append((f"{s.section}.{s.name}", repr(shown), resolved.sources.get(s.name, "default")))
-    return rows

@@ -222,12 +222,6 @@ class Membership:
         silent = f"no heartbeat for {now - last:.1f}s" if last is not None else "no heartbeat"
         return f"{silent} ({node.last_error})" if node.last_error else silent
 
-    def restore(self, name: str, state: State, since: float, last_seen: float | None) -> None:
-        """Carry a node's last known state over a restart without judging it."""
-        node = self.nodes[name]
-        node.since, node.last_seen = since, last_seen
-        node.reason = f"monitor restarted (was {state})"
-
     @staticmethod
     def _move(node: Node, new: State, reason: str, now: float) -> list[Transition]:
         if node.state is new:
