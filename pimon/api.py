@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,8 +12,9 @@ import msgspec
 from aiohttp import web
 
 from pimon import parse
+from pimon.auth import READ_TOKEN_NEEDED, WRITE_TOKEN_NEEDED, bearer, may_write, token_matches
+from pimon.ingest import accept_push
 from pimon.monitor import Monitor
-from pimon.poller import decode
 from pimon.views import transition_view
 from pimon.wire import MAX_BODY_BYTES, check_name, error_body
 
@@ -47,23 +47,10 @@ def error(status: int, message: str) -> web.Response:
     return json_response(error_body(status, message), status)
 
 
-def bearer(request: web.Request) -> str | None:
-    """Return the bearer token of a request, if any."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
-def token_matches(given: str | None, expected: str) -> bool:
-    """Compare tokens in constant time."""
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
-
-
 def require_write(request: web.Request) -> None:
     """Refuse a write without the cluster token (when one is configured)."""
-    expected = request.app[MONITOR].config.token
-    if expected and not token_matches(bearer(request), expected):
-        raise ApiError(401, "this needs the cluster token: Authorization: Bearer <token>")
+    if not may_write(request.headers.get("Authorization"), request.app[MONITOR].config.token):
+        raise ApiError(401, WRITE_TOKEN_NEEDED)
 
 
 @web.middleware
@@ -98,10 +85,10 @@ async def read_auth_middleware(request: web.Request, handler: Handler) -> web.St
         and not path.startswith(OPEN_PREFIXES)
     ):
         # EventSource cannot send headers, hence the query parameter.
-        given = bearer(request) or request.query.get("token")
+        given = bearer(request.headers.get("Authorization")) or request.query.get("token")
         readers = [t for t in (config.read_token, config.token) if t]
         if not any(token_matches(given, t) for t in readers):
-            return error(401, "this monitor needs a read token: Authorization: Bearer <token>")
+            return error(401, READ_TOKEN_NEEDED)
     return await handler(request)
 
 
@@ -153,22 +140,15 @@ async def durable(monitor: Monitor) -> None:
 
 
 async def post_heartbeat(request: web.Request) -> web.Response:
-    """Take a pushed heartbeat; the first one registers the node."""
-    require_write(request)
+    """Take a pushed heartbeat; the first one registers the node.
+
+    Agents' pushes are answered by ``pimon.ingest`` without reaching aiohttp;
+    requests of any other shape (chunked bodies, Expect, HTTP/1.0) land here.
+    """
     body = await request.read()
-    try:
-        hb = decode(body)
-    except ValueError as e:
-        request.app[MONITOR].stats.heartbeats_rejected += 1
-        status = 413 if "KiB" in str(e) else 400
-        raise ApiError(status, f"bad heartbeat: {e}") from None
-    result = request.app[MONITOR].receive(hb, time.time())
-    if result.status >= 400:
-        raise ApiError(result.status, result.message)
-    answer: dict[str, Any] = {"accepted": not result.message, "node": hb.name}
-    if result.message:
-        answer["note"] = result.message
-    return json_response(answer, 202)
+    monitor = request.app[MONITOR]
+    status, answer = accept_push(monitor, request.headers.get("Authorization"), body, time.time())
+    return json_response(answer, status)
 
 
 async def put_node(request: web.Request) -> web.Response:

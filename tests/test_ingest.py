@@ -1,0 +1,249 @@
+"""The lean heartbeat path: it answers agents' pushes itself and hands anything else to aiohttp."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+
+from pimon.demo import Child
+from pimon.ingest import Ingest, parse_head
+from pimon.monitor import Monitor
+
+TOKEN = "ingest-token"
+AGENT_HEAD = (
+    b"POST /v1/heartbeat HTTP/1.1\r\nHost: m:7070\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer t0k\r\nContent-Length: 42"
+)
+
+
+@pytest.fixture(scope="module")
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Child]:
+    workdir = tmp_path_factory.mktemp("ingest")
+    token_file = workdir / "token"
+    token_file.write_text(TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    args = ["monitor", "--listen", "127.0.0.1:0", "--db", str(workdir / "m.db")]
+    child = Child([*args, "--token-file", str(token_file)], str(workdir / "monitor.log"))
+    child.start()
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+def connect(monitor: Child) -> socket.socket:
+    host, port = (monitor.address or "").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def heartbeat(name: str, seq: Any, **over: Any) -> bytes:
+    body = {
+        "v": 1,
+        "name": name,
+        "id": f"id-{name}",
+        "boot": "b",
+        "seq": seq,
+        "sent_at": time.time(),
+        "interval": 1.0,
+        "ok": True,
+        "problems": [],
+        "leaving": False,
+        "metrics": {},
+    }
+    body.update(over)
+    return json.dumps(body).encode()
+
+
+def push(body: bytes, token: str = TOKEN, extra: str = "") -> bytes:
+    head = (
+        f"POST /v1/heartbeat HTTP/1.1\r\nHost: monitor\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+def chunked_push(body: bytes) -> bytes:
+    head = (
+        f"POST /v1/heartbeat HTTP/1.1\r\nHost: monitor\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    return head.encode() + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
+class Reader:
+    """Read HTTP/1.1 responses one after another from a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed by the monitor")
+        self.buffer += chunk
+
+    def response(self) -> tuple[int, dict[str, str], Any]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        if status == 100:
+            return self.response()
+        length = int(headers.get("content-length", "0"))
+        while len(self.buffer) < length:
+            self._fill()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, headers, json.loads(body) if body else None
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def test_parse_head_reads_an_agents_push() -> None:
+    assert parse_head(AGENT_HEAD) == (42, "Bearer t0k", False)
+    assert parse_head(AGENT_HEAD + b"\r\nConnection: close") == (42, "Bearer t0k", True)
+    assert parse_head(AGENT_HEAD.replace(b"Authorization: Bearer t0k\r\n", b"")) == (
+        42,
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        AGENT_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        AGENT_HEAD.replace(b"/v1/heartbeat", b"/v1/heartbeat?x=1"),
+        AGENT_HEAD.replace(b"POST", b"PUT"),
+        AGENT_HEAD + b"\r\nContent-Length: 42",
+        AGENT_HEAD + b"\r\nTransfer-Encoding: chunked",
+        AGENT_HEAD + b"\r\nExpect: 100-continue",
+        AGENT_HEAD.replace(b"42", b"70000"),
+        AGENT_HEAD.replace(b"42", b"-1"),
+        AGENT_HEAD.replace(b"Content-Length: 42", b"X-Other: 1"),
+        AGENT_HEAD + b"\r\n folded continuation",
+        AGENT_HEAD + b"\r\nContent-Length : 42",
+        AGENT_HEAD + b"\r\nX-Bad: a\nb",
+        AGENT_HEAD + b"\r\nno colon here",
+    ],
+)
+def test_parse_head_leaves_any_other_shape_to_aiohttp(head: bytes) -> None:
+    assert parse_head(head) is None
+
+
+def test_pipelined_heartbeats_are_answered_in_order(monitor: Child) -> None:
+    with connect(monitor) as sock:
+        sock.sendall(b"".join(push(heartbeat("pipe-1", seq)) for seq in range(1, 4)))
+        reader = Reader(sock)
+        answers = [reader.response() for _ in range(3)]
+    assert [(s, b) for s, _, b in answers] == [(202, {"accepted": True, "node": "pipe-1"})] * 3
+    assert all(h["content-type"] == "application/json" and "date" in h for _, h, _ in answers)
+    assert all(h["server"].startswith("pimon/") for _, h, _ in answers)  # not aiohttp's
+
+
+def test_a_request_split_into_single_bytes_is_answered(monitor: Child) -> None:
+    with connect(monitor) as sock:
+        for byte in push(heartbeat("trickle-1", 1)):
+            sock.send(bytes([byte]))
+        status, _, body = Reader(sock).response()
+    assert (status, body) == (202, {"accepted": True, "node": "trickle-1"})
+
+
+def test_other_requests_on_a_push_connection_reach_the_full_api(monitor: Child) -> None:
+    with connect(monitor) as sock:
+        reader = Reader(sock)
+        sock.sendall(push(heartbeat("mixed-1", 1)))
+        assert reader.response()[0] == 202
+        get = b"GET /v1/nodes/mixed-1 HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer x\r\n\r\n"
+        sock.sendall(get + push(heartbeat("mixed-1", 2)))
+        status, _, view = reader.response()
+        assert status == 200 and view["name"] == "mixed-1" and view["mode"] == "push"
+        assert reader.response()[2] == {"accepted": True, "node": "mixed-1"}
+
+
+def test_both_paths_give_the_same_answers(monitor: Child) -> None:
+    bodies = [
+        heartbeat("same-1", 1),
+        heartbeat("same-1", 1),  # a replay: accepted: false, with a note
+        b"{not json",
+        heartbeat("same-1", "seven"),
+        heartbeat("bad name!", 1),
+    ]
+    answers = []
+    for framing in (push, chunked_push):
+        with connect(monitor) as sock:
+            reader = Reader(sock)
+            for body in bodies:
+                sock.sendall(framing(body))
+                status, headers, answer = reader.response()
+                answers.append((status, answer))
+                assert headers["server"].startswith("pimon/" if framing is push else "Python/")
+        if framing is push:
+            bodies[0] = heartbeat("same-1", 2)  # the fast path took seq 1
+            bodies[1] = heartbeat("same-1", 2)
+    lean, full = answers[: len(bodies)], answers[len(bodies) :]
+    assert lean == full
+    assert [s for s, _ in lean] == [202, 202, 400, 400, 400]
+    assert lean[1][1]["accepted"] is False and "stale seq" in lean[1][1]["note"]
+
+
+def test_a_wrong_token_is_401_and_the_connection_stays_usable(monitor: Child) -> None:
+    with connect(monitor) as sock:
+        reader = Reader(sock)
+        sock.sendall(push(heartbeat("auth-1", 1), token="wrong"))
+        status, _, answer = reader.response()
+        assert (status, answer["status"]) == (401, 401) and "cluster token" in answer["error"]
+        sock.sendall(push(heartbeat("auth-1", 1)))
+        assert reader.response()[0] == 202
+
+
+def test_connection_close_is_honoured(monitor: Child) -> None:
+    with connect(monitor) as sock:
+        reader = Reader(sock)
+        sock.sendall(push(heartbeat("close-1", 1), extra="Connection: close\r\n"))
+        status, headers, _ = reader.response()
+        assert status == 202 and headers["connection"] == "close"
+        assert reader.closed()
+
+
+def test_expect_continue_is_answered_by_aiohttp(monitor: Child) -> None:
+    with connect(monitor) as sock:
+        sock.sendall(push(heartbeat("expect-1", 1), extra="Expect: 100-continue\r\n"))
+        assert Reader(sock).response()[0] == 202
+
+
+class Conn:
+    """Stands in for a connection in the idle sweep: only ``active`` and ``close`` matter."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.active = True
+
+    def close(self) -> None:
+        self.ingest.connections.discard(cast(Any, self))
+
+
+async def test_sweep_closes_connections_idle_for_a_whole_period() -> None:
+    ingest = Ingest(cast(Monitor, None), lambda: cast(Any, None))
+    busy, idle = Conn(ingest), Conn(ingest)
+    ingest.connections.update(cast(Any, [busy, idle]))
+    ingest.sweep()  # both sent something during the first period
+    assert ingest.connections == {busy, idle}
+    busy.active = True
+    ingest.sweep()
+    assert ingest.connections == {busy}
+    ingest.close()
