@@ -1,7 +1,7 @@
 """Receive heartbeats as HMAC-signed UDP datagrams: the cheap path for big clusters.
 
-HTTP costs the monitor ~0.2 ms of CPU per pushed heartbeat, most of it in
-aiohttp; a datagram skips the connection, the parser and the response. It is
+Even on its lean path (``pimon.ingest``) an HTTP push costs the monitor a
+connection, HTTP framing and an answer; a datagram skips all three. It is
 optional (``--udp``) and needs the cluster token, which keys the HMAC.
 """
 
