@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -33,6 +34,7 @@ log = logging.getLogger("pimon.ingest")
 
 REQUEST_LINE = b"POST /v1/heartbeat HTTP/1.1"
 MAX_HEAD_BYTES = 8192  # aiohttp's own limit; a longer head is aiohttp's to refuse
+MAX_HEADERS = 32  # an agent sends 5; aiohttp judges a head with more (it refuses over 128)
 # A keep-alive connection with no request for this long is closed (aiohttp's default is 75 s).
 IDLE_S = 75.0
 # Agents that start together (a rack powering up) connect together: 128 pending
@@ -40,6 +42,13 @@ IDLE_S = 75.0
 BACKLOG = 4096
 # Headers that change how the body is framed or answered: aiohttp handles those.
 HANDED_OFF = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# Headers the lean path reads: a request repeating one is aiohttp's to judge.
+SINGLE = frozenset({b"content-length", b"authorization", b"connection", b"host"})
+# RFC 9110 field line: a token, a colon, then visible bytes, obs-text and inner SP/HTAB.
+HEADER_RE = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
+    rb"((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
+)
 
 
 def accept_push(
@@ -66,34 +75,34 @@ def accept_push(
 
 def parse_head(head: bytes) -> tuple[int, str | None, bool] | None:
     """Return (body length, Authorization, close) of a plain heartbeat POST head, else None."""
-    lines = head.split(b"\r\n")
-    if lines[0] != REQUEST_LINE:
+    # Anything llhttp might read differently (odd bytes, repeats, no Host) goes to
+    # aiohttp whole, so a proxy in front and the two paths never disagree on a request.
+    if len(head) > MAX_HEAD_BYTES:
         return None
-    length = -1
-    authorization = None
-    close = False
+    lines = head.split(b"\r\n")
+    if lines[0] != REQUEST_LINE or len(lines) > MAX_HEADERS:
+        return None
+    seen: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        # Folded lines, bare LFs, NULs and spaces before the colon are aiohttp's to refuse.
-        if not colon or not name or b"\n" in line or b"\0" in line or name[-1:].isspace():
+        match = HEADER_RE.fullmatch(line)
+        if match is None:
             return None
-        if name[:1].isspace():
-            return None
-        name = name.lower()
-        if name == b"content-length":
-            value = value.strip()
-            if length >= 0 or not value.isdigit() or len(value) > 7:
+        name = match[1].lower()
+        if name in SINGLE:
+            if name in seen:
                 return None
-            length = int(value)
-        elif name == b"authorization":
-            authorization = value.strip().decode("latin-1")
-        elif name == b"connection":
-            close = b"close" in value.lower()
+            seen[name] = match[2]
         elif name in HANDED_OFF:
             return None
-    if not 0 <= length <= MAX_BODY_BYTES:
+    length = seen.get(b"content-length", b"")
+    if b"host" not in seen or not length.isdigit() or int(length) > MAX_BODY_BYTES:
         return None  # no length, or too long: aiohttp answers 400/413 in the error shape
-    return length, authorization, close
+    authorization = seen.get(b"authorization")
+    return (
+        int(length),
+        None if authorization is None else authorization.decode("latin-1"),
+        b"close" in seen.get(b"connection", b"").lower(),
+    )
 
 
 class Ingest:
@@ -175,6 +184,7 @@ class HeartbeatProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending = b""
         self.active = True
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Track the new connection."""
@@ -187,23 +197,32 @@ class HeartbeatProtocol(asyncio.Protocol):
         self.ingest.connections.discard(self)
 
     def pause_writing(self) -> None:
-        """Stop reading while a client does not read its answers."""
+        """Stop reading and answering while a client does not read its answers."""
+        self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        """Read again once the answers drained."""
+        """Answer what is pending and read again once the answers drained."""
+        self.paused = False
         if self.transport is not None:
             self.transport.resume_reading()
+            self.serve()
 
     def data_received(self, data: bytes) -> None:
-        """Answer every complete heartbeat POST in the buffer, in order."""
+        """Take bytes from the client and answer what they complete."""
+        self.active = True
+        self.pending = self.pending + data if self.pending else data
+        self.serve()
+
+    def serve(self) -> None:
+        """Answer every complete heartbeat POST pending, in order, while the client reads."""
         transport = self.transport
         assert transport is not None
-        self.active = True
-        buffer = self.pending + data if self.pending else data
-        start = 0
-        while True:
+        buffer, start = self.pending, 0
+        # Stopping when paused bounds the answers buffered for a client that does not
+        # read, and means a hand-off never happens with the transport paused.
+        while not self.paused:
             head_end = buffer.find(b"\r\n\r\n", start)
             if head_end < 0:
                 if len(buffer) - start > MAX_HEAD_BYTES:
@@ -216,15 +235,15 @@ class HeartbeatProtocol(asyncio.Protocol):
             body_end = head_end + 4 + length
             if body_end > len(buffer):
                 break
-            transport.write(
-                self.ingest.answer(authorization, buffer[head_end + 4 : body_end], close)
-            )
+            answer = self.ingest.answer(authorization, buffer[head_end + 4 : body_end], close)
             start = body_end
             if close:
                 self.pending = b""
+                transport.write(answer)
                 transport.close()
                 return
-        self.pending = buffer[start:] if start < len(buffer) else b""
+            transport.write(answer)  # may pause writing, which ends the loop
+        self.pending = buffer[start:]
 
     def hand_off(self, unanswered: bytes) -> None:
         """Give the connection and its unanswered bytes to aiohttp for good."""
@@ -239,8 +258,12 @@ class HeartbeatProtocol(asyncio.Protocol):
         handler.data_received(unanswered)
 
     def close(self) -> None:
-        """Close the connection."""
-        if self.transport is not None:
+        """Close the connection; drop the answers a client never read."""
+        if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
             self.transport.close()
 
 

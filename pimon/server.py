@@ -18,6 +18,7 @@ from pimon.store import Store, StoreError, default_db_path
 log = logging.getLogger("pimon.monitor")
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+FULL_COLLECTION_EVERY_S = 300.0
 
 
 def bind_host(config: MonitorConfig) -> str:
@@ -44,10 +45,18 @@ def settle_garbage_collector() -> None:
     # connections that stalled the loop 150-280 ms each second (bench/pushlevel.py
     # logs the pauses). Objects alive after start-up (modules, the app, restored
     # nodes) live to the end: freezing them spares that walk. A gen-0 threshold of
-    # 50,000 allocations keeps young collections rare but short.
+    # 50,000 net allocations keeps young collections rare but short.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(50_000, 20, 10)
+
+
+def collect_garbage_periodically(loop: asyncio.AbstractEventLoop) -> None:
+    """Run a full collection now and every few minutes."""
+    # Cycles that outlived a young collection (a failed request, a closed stream)
+    # would otherwise wait for thousands of them: this bounds how long they stay.
+    gc.collect()
+    loop.call_later(FULL_COLLECTION_EVERY_S, collect_garbage_periodically, loop)
 
 
 async def serve(config: MonitorConfig, store: Store) -> None:
@@ -84,6 +93,7 @@ async def serve(config: MonitorConfig, store: Store) -> None:
     settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.call_later(FULL_COLLECTION_EVERY_S, collect_garbage_periodically, loop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -139,6 +140,18 @@ def test_parse_head_reads_an_agents_push() -> None:
         AGENT_HEAD + b"\r\nContent-Length : 42",
         AGENT_HEAD + b"\r\nX-Bad: a\nb",
         AGENT_HEAD + b"\r\nno colon here",
+        AGENT_HEAD + b"\r\nX-A: a\rTransfer-Encoding: chunked",
+        AGENT_HEAD + b"\r\nX-A: \x01",
+        AGENT_HEAD + b"\r\nX@A: 1",
+        AGENT_HEAD + b"\r\nX\tA: 1",
+        AGENT_HEAD.replace(b"42", b"\x0b42"),
+        AGENT_HEAD.replace(b"42", b"42\x0c"),
+        AGENT_HEAD + b"\r\nAuthorization: Bearer other",
+        AGENT_HEAD + b"\r\nConnection: close\r\nConnection: keep-alive",
+        AGENT_HEAD + b"\r\nHost: again",
+        AGENT_HEAD.replace(b"Host: m:7070\r\n", b""),
+        AGENT_HEAD + b"\r\nX-Long: " + b"x" * 9000,
+        AGENT_HEAD + b"".join(b"\r\nX-%d: 1" % i for i in range(40)),
     ],
 )
 def test_parse_head_leaves_any_other_shape_to_aiohttp(head: bytes) -> None:
@@ -247,3 +260,74 @@ async def test_sweep_closes_connections_idle_for_a_whole_period() -> None:
     ingest.sweep()
     assert ingest.connections == {busy}
     ingest.close()
+
+
+class Transport:
+    """A transport's flow control: buffers answers and pauses its protocol past ``high`` bytes."""
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+        self.written: list[bytes] = []
+        self.buffered = 0
+        self.reading = True
+        self.paused = False
+        self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.buffered += len(data)
+        if self.buffered > self.high and not self.paused:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        self.buffered, self.paused = 0, False
+        self.protocol.resume_writing()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class Fallback(asyncio.Protocol):
+    """Stands in for aiohttp's protocol: records what it is handed."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.received = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
+class FixedAnswers(Ingest):
+    def answer(self, authorization: str | None, body: bytes, close: bool) -> bytes:
+        return b"answer-%d;" % len(body)
+
+
+def test_a_client_that_does_not_read_pauses_answering_and_the_hand_off_waits() -> None:
+    handed: list[Fallback] = []
+    ingest = FixedAnswers(cast(Monitor, None), lambda: handed.append(Fallback()) or handed[-1])
+    protocol = ingest.protocol()
+    transport = Transport(high=25)
+    transport.protocol = protocol
+    protocol.connection_made(cast(Any, transport))
+    get = b"GET /v1/nodes HTTP/1.1\r\nHost: m\r\n\r\n"
+    protocol.data_received(push(b"{}") * 5 + get)
+    assert transport.written == [b"answer-2;"] * 3  # 27 bytes > 25: paused, nothing more
+    assert not transport.reading and not handed
+    transport.drain()
+    assert transport.written == [b"answer-2;"] * 5 and transport.reading
+    assert len(handed) == 1 and handed[0].received == get and handed[0].transport is transport
+    assert transport.protocol is handed[0] and protocol not in ingest.connections
