@@ -6,7 +6,7 @@ import json
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from pimon import __version__, rawhttp
+from pimon import __version__, httpresponse, rawhttp
 
 MAX_ANSWER = 64 * 1024 * 1024  # far above any real answer (10,000 nodes is ~10 MB)
 MAX_REDIRECTS = 5
@@ -44,7 +44,7 @@ def request(
         headers["Authorization"] = f"Bearer {token}"
     try:
         answer = _follow(method, base.rstrip("/") + path, headers, data, timeout)
-    except rawhttp.HttpError as e:
+    except httpresponse.HttpError as e:
         # The OS's own words ("[Errno 111] Connection refused") where there are some.
         reason = e.cause if isinstance(e.cause, OSError) else e
         raise MonitorUnreachable(f"cannot reach monitor at {base}: {reason}") from None
@@ -55,7 +55,7 @@ def request(
     return json.loads(answer.body) if answer.body else None
 
 
-def error_message(answer: rawhttp.Response) -> str:
+def error_message(answer: httpresponse.Response) -> str:
     """Return the message of an error answer: its JSON ``error``, else its text or reason."""
     try:
         return str(json.loads(answer.body)["error"])
@@ -65,7 +65,7 @@ def error_message(answer: rawhttp.Response) -> str:
 
 def _follow(
     method: str, url: str, headers: dict[str, str], data: bytes | None, timeout: float
-) -> rawhttp.Response:
+) -> httpresponse.Response:
     """Send the request; follow GET redirects (a proxy moving http to https) like urllib did."""
     for _ in range(MAX_REDIRECTS):
         answer = rawhttp.request(method, url, headers, data, timeout=timeout, max_body=MAX_ANSWER)

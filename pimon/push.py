@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from pimon import rawhttp
+from pimon import httpresponse, rawhttp
 
 log = logging.getLogger("pimon.push")
 
@@ -40,7 +40,7 @@ class Connection:
         """POST one heartbeat; return the HTTP status."""
         try:
             answer = self.http.request("POST", "/v1/heartbeat", self.headers, body, timeout=timeout)
-        except rawhttp.HttpError as e:
+        except httpresponse.HttpError as e:
             raise PushError(str(e)) from None
         return answer.status
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pimon import rawhttp
+from pimon import httpresponse, rawhttp
 from tests.httpserver import LoopbackServer, QuietHandler, serving
 
 
@@ -173,12 +173,12 @@ def test_connection_close_answer_drops_the_socket() -> None:
 
 def test_oversized_answers_are_refused_whatever_their_framing(server: Server) -> None:
     assert len(rawhttp.request("GET", server.url + "/size/1000", max_body=1000).body) == 1000
-    with pytest.raises(rawhttp.ResponseTooLarge, match="larger than 1000 bytes"):
+    with pytest.raises(httpresponse.ResponseTooLarge, match="larger than 1000 bytes"):
         rawhttp.request("GET", server.url + "/size/1001", max_body=1000)
-    with pytest.raises(rawhttp.ResponseTooLarge):
+    with pytest.raises(httpresponse.ResponseTooLarge):
         rawhttp.request("GET", server.url + "/chunked", max_body=10)
     url, thread = raw_server(b"HTTP/1.0 200 OK\r\n\r\n" + b"y" * 5000)
-    with pytest.raises(rawhttp.ResponseTooLarge):
+    with pytest.raises(httpresponse.ResponseTooLarge):
         rawhttp.request("GET", url, max_body=4096)
     thread.join(5)
 
@@ -217,22 +217,22 @@ def test_slow_handler_times_out_on_a_kept_alive_connection(server: Server) -> No
 
 def test_truncated_and_garbled_answers_are_protocol_errors() -> None:
     url, thread = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
-    with pytest.raises(rawhttp.ProtocolError, match="mid-body"):
+    with pytest.raises(httpresponse.ProtocolError, match="mid-body"):
         rawhttp.request("GET", url)
     thread.join(5)
     url, thread = raw_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-    with pytest.raises(rawhttp.ProtocolError, match=r"not an HTTP/1\.x answer"):
+    with pytest.raises(httpresponse.ProtocolError, match=r"not an HTTP/1\.x answer"):
         rawhttp.request("GET", url)
     thread.join(5)
     url, thread = raw_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello")
-    with pytest.raises(rawhttp.ProtocolError, match="bad chunk size"):
+    with pytest.raises(httpresponse.ProtocolError, match="bad chunk size"):
         rawhttp.request("GET", url)
     thread.join(5)
 
 
 def test_server_closing_a_fresh_connection_is_not_retried() -> None:
     url, thread = raw_server(b"")
-    with pytest.raises(rawhttp.ConnectionDropped):
+    with pytest.raises(httpresponse.ConnectionDropped):
         rawhttp.request("GET", url)
     thread.join(5)
 
