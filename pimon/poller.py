@@ -13,14 +13,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pimon.httpclient import (
-    ConnectionClosed,
-    Endpoint,
-    HostNotFound,
-    HttpClient,
-    HttpError,
-    Response,
-)
+from pimon.httpclient import ConnectionClosed, Endpoint, HostNotFound, HttpClient
+from pimon.httpwire import HttpError, Response
 from pimon.membership import Failure
 from pimon.wire import MAX_BODY_BYTES, Heartbeat
 

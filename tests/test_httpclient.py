@@ -11,15 +11,8 @@ from typing import Any
 
 import pytest
 
-from pimon.httpclient import (
-    BodyTooLarge,
-    ConnectionClosed,
-    Endpoint,
-    HostNotFound,
-    HttpClient,
-    HttpError,
-    Response,
-)
+from pimon.httpclient import ConnectionClosed, Endpoint, HostNotFound, HttpClient
+from pimon.httpwire import BodyTooLarge, HttpError, Response
 
 LIMIT = 1024
 Handler = Callable[[socket.socket, "RawServer"], None]

@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pimon.httpclient import BodyTooLarge, ConnectionClosed, HttpError
+from pimon.httpclient import ConnectionClosed
+from pimon.httpwire import BodyTooLarge, HttpError
 from pimon.membership import Failure
 from pimon.poller import Poller, PollResult, classify, decode, poll_once
 from pimon.wire import MAX_BODY_BYTES, Heartbeat, encode_heartbeat
