@@ -204,7 +204,8 @@ async def delete_node(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Serve the Prometheus exposition of every node and of the monitor itself."""
-    from pimon.exposition import CONTENT_TYPE, render_monitor
+    from pimon.exposition import CONTENT_TYPE
+    from pimon.monitormetrics import render_monitor
 
     monitor = request.app[MONITOR]
     now = time.time()

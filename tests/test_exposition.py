@@ -19,17 +19,15 @@ from hypothesis import strategies as st
 from pimon import __version__
 from pimon.exposition import (
     CONTENT_TYPE,
-    STAT_HELP,
     Family,
     agent_families,
     escape_help,
     escape_label_value,
     format_value,
-    monitor_families,
     render,
-    render_monitor,
 )
 from pimon.membership import State
+from pimon.monitormetrics import STAT_HELP, monitor_families, render_monitor
 from pimon.wire import Heartbeat, Metrics
 from tests.interop import require_tool
 
