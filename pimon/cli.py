@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from pimon import __version__, config, parse
 from pimon.config import ConfigError, Resolved
@@ -68,194 +66,46 @@ def read_token(path: str | None) -> str | None:
     return os.environ.get("PIMON_TOKEN") or None
 
 
-def setup_logging(level: str) -> None:
-    """Log one line per event to stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run the agent."""
-    from pimon.agent import AgentConfig, default_state_dir
-    from pimon.agent import run as run_agent
-    from pimon.health import Thresholds
-    from pimon.wire import check_name
+    from pimon import daemoncmd
 
-    s = settings(args, "agent")
-    setup_logging(s.log_level)
-    name = s.name or socket.gethostname().split(".")[0]
-    try:
-        check_name(name)
-    except ValueError as e:
-        raise UsageError(f"--name: {e}") from None
-    token = read_token(s.token_file)
-    if not token and any(url.startswith("udp://") for url in s.monitor):
-        raise UsageError(
-            "--monitor udp://…: datagrams are signed with the cluster token; give --token-file"
-        )
-    thresholds = Thresholds(
-        disk_percent=s.disk_max_percent,
-        temp_c=s.temp_max_c,
-        mem_percent=s.mem_max_percent,
-        swap_pages_per_s=s.swap_pages_per_s,
-        swap_sustain_s=s.swap_sustain_s,
-    )
-    return run_agent(
-        AgentConfig(
-            name=name,
-            listen=s.listen,
-            interval=s.interval,
-            state_dir=s.state_dir or default_state_dir(),
-            advertise=s.advertise,
-            mounts=s.mounts,
-            thresholds=thresholds,
-            monitors=s.monitor,
-            token=token,
-        )
-    )
+    return daemoncmd.agent(args)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Run the monitor."""
-    from pimon.alertconfig import alert_config
-    from pimon.detector import DetectorConfig
-    from pimon.monitor import MonitorConfig
-    from pimon.server import run as run_monitor
+    from pimon import daemoncmd
 
-    s = settings(args, "monitor")
-    setup_logging(s.log_level)
-    nodes = list(s.node)
-    if s.nodes_file:
-        nodes += nodes_from_file(s.nodes_file)
-    names = [n.name for n in nodes]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UsageError(f"--node: duplicate node name(s): {', '.join(duplicates)}")
-    detector = DetectorConfig(
-        interval=s.interval,
-        threshold=s.threshold,
-        suspect_pause=s.suspect_pause,
-        down_pause=s.down_pause,
-    )
-    token = read_token(s.token_file)
-    if s.udp and not token:
-        raise UsageError(
-            "--udp: heartbeat datagrams are signed with the cluster token; give --token-file"
-        )
-    return run_monitor(
-        MonitorConfig(
-            listen=s.listen,
-            nodes=nodes,
-            interval=s.interval,
-            db=s.db,
-            token=token,
-            read_token=s.read_token,
-            insecure=s.insecure,
-            max_nodes=s.max_nodes,
-            udp=s.udp,
-            detector=detector,
-            alerts=alert_config(s, getattr(args, "config", None)),
-            retention=retention(s),
-        )
-    )
-
-
-def retention(s: Resolved) -> Any:
-    """Build the sample retention from the settings, or fail naming them."""
-    from pimon.rollup import Retention
-
-    try:
-        return Retention(s.retention_raw, s.retention_minute, s.retention_quarter)
-    except ValueError as e:
-        raise UsageError(f"monitor.retention_raw/_minute/_quarter: {e}") from None
-
-
-def nodes_from_file(path: str) -> list[Any]:
-    """Read one ``[NAME=]HOST[:PORT]`` per line; blank lines and # comments are skipped."""
-    from pimon.parse import node_spec
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise UsageError(f"--nodes-file {path}: {e.strerror}") from e
-    out = []
-    for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if text:
-            try:
-                out.append(node_spec(text))
-            except ValueError as e:
-                raise UsageError(f"--nodes-file {path}:{number}: {e} (got {text!r})") from None
-    return out
+    return daemoncmd.monitor(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the cluster's state."""
-    from pimon.report import status
+    from pimon import clientcmd
 
-    s = settings(args, "client")
-    return status(s.monitor, read_token(s.token_file), as_json=args.json)
+    return clientcmd.status(args)
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     """Register or deregister a node at runtime."""
-    from pimon.client import ApiError, MonitorUnreachable, request
-    from pimon.parse import address
+    from pimon import clientcmd
 
-    s = settings(args, "client")
-    token = read_token(s.token_file)
-    try:
-        if args.action == "add":
-            try:
-                where = address(7071)(args.address)
-            except ValueError as e:
-                raise UsageError(f"address {args.address!r}: {e}") from None
-            view = request(
-                s.monitor,
-                f"/v1/nodes/{args.name}",
-                method="PUT",
-                token=token,
-                body={"address": where},
-            )
-            print(f"{view['name']}: registered at {view['address']} ({view['state']})")
-        else:
-            answer = request(s.monitor, f"/v1/nodes/{args.name}", method="DELETE", token=token)
-            print(f"{args.name}: deregistered")
-            if answer.get("note"):
-                print(f"note: {answer['note']}")
-    except MonitorUnreachable as e:
-        print(f"pimon nodes: {e}", file=sys.stderr)
-        return 2
-    except ApiError as e:
-        print(f"pimon nodes: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return clientcmd.nodes(args)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print state changes, outage durations and uptime per window."""
-    from pimon.history import run as run_history
+    from pimon import clientcmd
 
-    s = settings(args, "client")
-    try:
-        since = parse.duration(args.since)
-    except ValueError as e:
-        raise UsageError(f"--since {args.since!r}: {e} (use an age like 90m, 24h or 7d)") from None
-    return run_history(
-        s.monitor, read_token(s.token_file), node=args.node, since_s=since, as_json=args.json
-    )
+    return clientcmd.history(args)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Show a live table of node states until Ctrl-C."""
-    from pimon.watch import run as run_watch
+    from pimon import clientcmd
 
-    s = settings(args, "client")
-    return run_watch(s.monitor, read_token(s.token_file))
+    return clientcmd.watch(args)
 
 
 def add_history_and_watch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
