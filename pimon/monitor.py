@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,16 +17,15 @@ from pimon.membership import Failure, Membership, Node, State, Transition
 from pimon.parse import NodeSpec
 from pimon.poller import Poller, PollResult, poll_once
 from pimon.rollup import COLUMNS, Retention
+from pimon.selfstats import Stats, exported_stats
 from pimon.store import NodeRecord, Store
+from pimon.uptimecache import UptimeCache
 from pimon.views import node_view
 from pimon.wire import Heartbeat
 
 log = logging.getLogger("pimon.monitor")
 
 TICK_S = 0.1
-UPTIME_WINDOWS = ("1h", "24h", "7d", "30d")
-UPTIME_REFRESH_S = 60.0
-UPTIME_DIRTY_S = 2.0
 SAMPLE_EVERY_S = 10.0
 MAX_SAMPLES_PER_S = 200.0  # metric samples kept per node; the detector sees every heartbeat
 SAMPLED = tuple(c for c in COLUMNS if c != "rtt_ms")  # read from the heartbeat's metrics
@@ -52,28 +49,6 @@ class MonitorConfig:
     retention: Retention = field(default_factory=Retention)
 
 
-@dataclass(slots=True)
-class Stats:
-    """Counters about the monitor itself, exported in /metrics."""
-
-    started_at: float = field(default_factory=time.time)
-    heartbeats_received: int = 0
-    heartbeats_rejected: int = 0
-    transitions: int = 0
-    local_pauses: int = 0
-    loop_lag_s: float = 0.0
-    loop_lag_max_s: float = 0.0
-    # The last minute of tick lags (10 ticks a second), for a p99 that forgets.
-    recent_lags: deque[float] = field(default_factory=lambda: deque(maxlen=600))
-
-    def lag_p99(self) -> float:
-        """Return the 99th percentile of the event-loop lag over the last minute."""
-        if not self.recent_lags:
-            return 0.0
-        ordered = sorted(self.recent_lags)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
 class Monitor:
     """Watch nodes: poll the pull ones, receive pushes, judge them all, publish changes."""
 
@@ -86,8 +61,7 @@ class Monitor:
         self.store = store
         self._sampled_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.uptimes: dict[str, dict[str, float | None]] = {}
-        self._stale_uptime: set[str] = set()
+        self.uptime = UptimeCache(self.membership)
         self.alerts = AlertService(self)
 
     async def start(self) -> None:
@@ -100,7 +74,7 @@ class Monitor:
             self.add_pull_node(spec.name, spec.address, source="static", now=now)
         self._spawn(self._ticker(), "ticker")
         if self.store is not None:
-            self._spawn(self._uptime_refresher(), "uptime")
+            self._spawn(self.uptime.run(self.store), "uptime")
         await self.alerts.start()
 
     async def stop(self) -> None:
@@ -241,7 +215,7 @@ class Monitor:
                     self._persist(node)
             if t.new is State.SUSPECT:
                 self._maybe_probe(t.node)
-            self._stale_uptime.add(t.node)
+            self.uptime.mark_stale(t.node)
         self.stats.transitions += len(transitions)
         self.events.publish(transitions)
 
@@ -303,72 +277,19 @@ class Monitor:
     def view(self, node: Node, now: float) -> dict[str, Any]:
         """Return a node's API view, with its uptime per window."""
         view = node_view(node, now)
-        uptime = self.uptimes.get(node.name, {})
-        for window in UPTIME_WINDOWS:
-            view[f"uptime_{window}"] = uptime.get(window)
+        view.update(self.uptime.fields(node.name))
         return view
-
-    async def _uptime_refresher(self) -> None:
-        assert self.store is not None
-        cursor = 0
-        while True:
-            # Off the event loop (uptime reads a month of transitions per node), and a
-            # slice at a time: one big sweep over 10,000 nodes in a thread would hold
-            # the GIL long enough to stall the loop. Changed nodes go first.
-            names = sorted(self.membership.nodes)
-            share = max(1, math.ceil(len(names) * UPTIME_DIRTY_S / UPTIME_REFRESH_S))
-            batch = set(names[cursor : cursor + share]) | {
-                n for n in self._stale_uptime if n in self.membership.nodes
-            }
-            cursor = cursor + share if cursor + share < len(names) else 0
-            if self._stale_uptime:
-                self._stale_uptime.clear()
-                # The writer commits at most every 2 s: wait for it so the change counts.
-                await asyncio.to_thread(self.store.flush)
-            if batch:
-                fresh = await asyncio.to_thread(self._compute_uptimes, sorted(batch), time.time())
-                self.uptimes.update(fresh)
-            await asyncio.sleep(UPTIME_DIRTY_S)
-
-    def _compute_uptimes(self, names: list[str], now: float) -> dict[str, dict[str, float | None]]:
-        assert self.store is not None
-        return {name: self.store.uptime(name, now) for name in names}
 
     def self_metrics(self) -> dict[str, float]:
         """Return the monitor's own counters under their exposition names."""
-        s = self.stats
-        stats: dict[str, float] = {
-            "pimon_monitor_start_time_seconds": s.started_at,
-            "pimon_monitor_heartbeats_received_total": s.heartbeats_received,
-            "pimon_monitor_heartbeats_rejected_total": s.heartbeats_rejected,
-            "pimon_monitor_polls_total": self.poller.polls,
-            "pimon_monitor_poll_errors_total": self.poller.errors,
-            "pimon_monitor_transitions_total": s.transitions,
-            "pimon_monitor_event_loop_lag_seconds": s.loop_lag_s,
-            "pimon_monitor_event_loop_lag_max_seconds": s.loop_lag_max_s,
-            "pimon_monitor_event_loop_lag_p99_seconds": s.lag_p99(),
-            "pimon_monitor_local_pauses_total": s.local_pauses,
-            "pimon_monitor_event_subscribers": self.events.subscribers,
-            "pimon_monitor_events_dropped_total": self.events.dropped,
-        }
-        sent, failed = self.alerts.totals()
-        stats["pimon_monitor_alerts_sent_total"] = sent
-        stats["pimon_monitor_alert_errors_total"] = failed
-        if self.store is not None:
-            health = self.store.health()
-            stats["pimon_monitor_db_write_errors_total"] = health.write_errors
-            stats["pimon_monitor_db_pending_writes"] = health.pending
-        return stats
+        return exported_stats(self)
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
         expected = loop.time() + TICK_S
         while True:
             await asyncio.sleep(max(0.0, expected - loop.time()))
-            lag = max(0.0, loop.time() - expected)
-            self.stats.loop_lag_s = lag
-            self.stats.recent_lags.append(lag)
-            self.stats.loop_lag_max_s = max(self.stats.loop_lag_max_s, lag)
+            self.stats.record_lag(max(0.0, loop.time() - expected))
             self.publish(self.membership.tick(time.time()))
             self.stats.local_pauses = self.membership.stalls
             expected = max(expected + TICK_S, loop.time())
