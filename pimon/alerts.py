@@ -5,31 +5,24 @@ left, flapping) and reconciles it with the node's state. Down alerts wait for
 ``alert_after`` and for one detection window (so that a partition can be told
 from single failures); a node that flips too often is reported once as flapping
 and then kept quiet until it is stable; and when half of the nodes are lost at
-once the engine reports one "monitor isolated" event instead of many node alerts.
+once the engine reports one "monitor isolated" event instead of many node alerts
+(isolation.py decides when the monitor is isolated).
 What is in force survives a restart through ``firing_by_node`` and ``restore``.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pimon.alertformat import (
-    Alert,
-    Event,
-    contact_text,
-    flapping_text,
-    isolated_text,
-    node_text,
-)
+from pimon.alertformat import Alert, Event, flapping_text, node_text
 from pimon.detector import DetectorConfig
+from pimon.isolation import LOST, Isolation, needed
 from pimon.membership import ALIVE, State, Transition
 
-LOST = frozenset({State.SUSPECT, State.DOWN})
 MONITOR = ""  # the key of the monitor's own alert (isolation) among the node names
 
 
@@ -83,7 +76,6 @@ class _Track:
     old: State = State.UNKNOWN
     reason: str = ""
     since: float = 0.0
-    lost_at: float | None = None
     reported: Cond = Cond.OK
     fired: Alert | None = None
     flips: deque[float] = field(default_factory=deque)
@@ -97,20 +89,19 @@ class AlertEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.nodes: dict[str, _Track] = {}
-        self.isolated: Alert | None = None  # the alert, once sent
-        self._isolation_due: float | None = None  # set while isolated
-        # An isolation restored after a restart ends only once nodes are heard from again.
-        self._unknown_is_lost = False
-        self._lost: set[str] = set()  # suspect or down now
-        self._recent: set[str] = set()  # lost within the last window, still lost
-        self._recent_order: deque[tuple[float, str]] = deque()
+        self.isolation = Isolation(config.window)
         self._held: set[str] = set()  # down alerts waiting for their due time
         self._flapping: set[str] = set()
 
     @property
     def isolating(self) -> bool:
         """Return whether the monitor has lost most nodes (node alerts are held)."""
-        return self._isolation_due is not None
+        return self.isolation.active
+
+    @property
+    def isolated(self) -> Alert | None:
+        """Return the isolation alert, once sent."""
+        return self.isolation.alert
 
     def on_transition(self, t: Transition, now: float) -> list[Alert]:
         """Take one transition (published at ``t.at``) and return the alerts it causes."""
@@ -149,8 +140,7 @@ class AlertEngine:
         """Adopt ``roster`` knowing what was in force before a restart (``firing_by_node``)."""
         isolated = firing.get(MONITOR)
         if isolated is not None and isolated.event is Event.MONITOR_ISOLATED:
-            self.isolated, self._isolation_due = isolated, isolated.at
-            self._unknown_is_lost = True
+            self.isolation.restore(isolated)
         for name, state in roster.items():
             track = self._adopt(name, state, now)
             alert = firing.get(name)
@@ -204,98 +194,40 @@ class AlertEngine:
         reported = Cond.LEFT if state is State.LEFT else Cond.OK
         self.nodes[name] = track = _Track(state, since=now, reported=reported)
         if state in LOST:
-            track.lost_at = now
-            self._lost.add(name)
+            self.isolation.lose(name, now, together=False)
         return track
 
     def _apply(self, track: _Track, t: Transition) -> None:
         name, at = t.node, t.at
         track.state, track.old, track.reason, track.since = t.new, t.old, t.reason, t.at
         if t.new in LOST:
-            if track.lost_at is None:
-                track.lost_at = at
-                self._lost.add(name)
-                # Already reported down (before a restart, say): lost earlier, not together
-                # with the others, so it is no sign of a partition.
-                if track.reported is not Cond.DOWN:
-                    self._recent.add(name)
-                    self._recent_order.append((at, name))
+            # Already reported down (before a restart, say): lost earlier, not together
+            # with the others, so it is no sign of a partition.
+            self.isolation.lose(name, at, together=track.reported is not Cond.DOWN)
         else:
-            track.lost_at = None
-            self._lost.discard(name)
-            self._recent.discard(name)
+            self.isolation.regain(name)
 
     def _forget(self, name: str) -> None:
         del self.nodes[name]
-        for s in (self._lost, self._recent, self._held, self._flapping):
+        self.isolation.regain(name)
+        for s in (self._held, self._flapping):
             s.discard(name)
-
-    def _prune_recent(self, now: float) -> None:
-        cutoff = now - self.config.window
-        while self._recent_order and self._recent_order[0][0] < cutoff:
-            at, name = self._recent_order.popleft()
-            track = self.nodes.get(name)
-            if track is None or track.lost_at is None or track.lost_at <= at:
-                self._recent.discard(name)
-
-    def _needed(self) -> int:
-        return max(2, math.ceil(len(self.nodes) / 2))
-
-    def _out_of_contact(self) -> int:
-        lost = len(self._lost)
-        if self._unknown_is_lost:
-            lost += sum(1 for t in self.nodes.values() if t.state is State.UNKNOWN)
-        return lost
 
     # Decisions
 
     def _check_isolation(self, now: float) -> list[Alert]:
-        self._prune_recent(now)
-        total, lost = len(self.nodes), self._out_of_contact()
-        if self._isolation_due is None and len(self._recent) >= self._needed():
-            # Hold node alerts from now on; send the one alert when the window has filled,
-            # so that it counts every node lost together (and not just the first half).
-            first = min(self.nodes[n].lost_at or now for n in self._recent)
-            self._isolation_due = first + self.config.window
+        isolation, total = self.isolation, len(self.nodes)
+        if isolation.begin(now, total):
             self._held.clear()
-        if self._isolation_due is None:
+        if not isolation.active:
             return []
-        if lost < self._needed():
+        lost = isolation.out_of_contact(t.state for t in self.nodes.values())
+        if lost < needed(total):
             return self._end_isolation(now, lost)
-        if self.isolated is None and now >= self._isolation_due:
-            self.isolated = Alert(
-                Event.MONITOR_ISOLATED,
-                None,
-                None,
-                None,
-                f"{lost} of {total} nodes lost within {self.config.window:g}s",
-                now,
-                isolated_text(lost, total),
-                lost=lost,
-                total=total,
-            )
-            return [self.isolated]
-        return []
+        return isolation.fire(now, lost, total)
 
     def _end_isolation(self, now: float, lost: int) -> list[Alert]:
-        total = len(self.nodes)
-        out = []
-        if self.isolated is not None:
-            out.append(
-                Alert(
-                    Event.MONITOR_RECOVERED,
-                    None,
-                    None,
-                    None,
-                    "contact restored",
-                    now,
-                    contact_text(lost, total),
-                    resolves=Event.MONITOR_ISOLATED,
-                    lost=lost,
-                    total=total,
-                )
-            )
-        self.isolated, self._isolation_due, self._unknown_is_lost = None, None, False
+        out = self.isolation.end(now, lost, len(self.nodes))
         for name, track in sorted(self.nodes.items()):
             if track.state in LOST:
                 track.grace_until = now + self.config.window + self.config.rejoin
@@ -321,7 +253,7 @@ class AlertEngine:
         if track.flapping or want is None or want is track.reported:
             self._held.discard(name)
             return []
-        if want is Cond.DOWN and now < self._due(track):
+        if want is Cond.DOWN and now < self._due(name, track):
             self._held.add(name)
             return []
         self._held.discard(name)
@@ -334,13 +266,9 @@ class AlertEngine:
         text = node_text(event, name, str(track.state), track.reason, stable=stable)
         return [self._report(name, track, want, event, text=text, now=now)]
 
-    def _due(self, track: _Track) -> float:
+    def _due(self, name: str, track: _Track) -> float:
         due = max(track.since + self.config.alert_after, track.grace_until)
-        # Hold for one window after the loss began while a partition could still form.
-        could_isolate = len(self._recent) + len(self.nodes) - len(self._lost) >= self._needed()
-        if could_isolate and track.lost_at is not None:
-            due = max(due, track.lost_at + self.config.window)
-        return due
+        return max(due, self.isolation.hold_until(name, len(self.nodes)))
 
     def _report(
         self, name: str, track: _Track, cond: Cond, event: Event, *, text: str, now: float
