@@ -112,7 +112,6 @@ class Ingest:
         self.monitor = monitor
         self.fallback = fallback
         self.connections: set[HeartbeatProtocol] = set()
-        self.handed_off = 0
         self._date = b""
         self._date_second = -1
         self._sweeper: asyncio.TimerHandle | None = None
@@ -250,7 +249,7 @@ class HeartbeatProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.ingest.connections.discard(self)
-        self.ingest.handed_off += 1
+        self.ingest.monitor.stats.http_handoffs += 1
         self.pending = b""
         handler = self.ingest.fallback()
         transport.set_protocol(handler)

@@ -47,6 +47,11 @@ STAT_HELP: dict[str, tuple[str, str]] = {
         "counter",
         "Monitor stalls long enough that failure detection was held back.",
     ),
+    "pimon_monitor_http_handoffs_total": (
+        "counter",
+        "Connections passed from the lean push path to the full HTTP stack "
+        "(each whose first request is not a plain heartbeat POST).",
+    ),
     "pimon_monitor_db_write_errors_total": ("counter", "Failed database write batches."),
     "pimon_monitor_db_pending_writes": ("gauge", "Rows waiting for the next database batch."),
     "pimon_monitor_alerts_sent_total": ("counter", "Alert notifications delivered."),

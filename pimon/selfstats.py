@@ -20,6 +20,7 @@ class Stats:
     heartbeats_rejected: int = 0
     transitions: int = 0
     local_pauses: int = 0
+    http_handoffs: int = 0
     loop_lag_s: float = 0.0
     loop_lag_max_s: float = 0.0
     # The last minute of tick lags (10 ticks a second), for a p99 that forgets.
@@ -53,6 +54,7 @@ def exported_stats(monitor: Monitor) -> dict[str, float]:
         "pimon_monitor_event_loop_lag_max_seconds": s.loop_lag_max_s,
         "pimon_monitor_event_loop_lag_p99_seconds": s.lag_p99(),
         "pimon_monitor_local_pauses_total": s.local_pauses,
+        "pimon_monitor_http_handoffs_total": s.http_handoffs,
         "pimon_monitor_event_subscribers": monitor.events.subscribers,
         "pimon_monitor_events_dropped_total": monitor.events.dropped,
     }

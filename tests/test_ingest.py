@@ -7,14 +7,17 @@ import json
 import os
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from pimon.demo import Child
+from pimon.demo import Child, agent_args
 from pimon.ingest import Ingest, parse_head
 from pimon.monitor import Monitor
+from pimon.selfstats import Stats
 
 TOKEN = "ingest-token"
 AGENT_HEAD = (
@@ -156,6 +159,47 @@ def test_parse_head_reads_an_agents_push() -> None:
 )
 def test_parse_head_leaves_any_other_shape_to_aiohttp(head: bytes) -> None:
     assert parse_head(head) is None
+
+
+def metric(monitor: Child, name: str) -> float:
+    """Read one monitor metric over a fresh connection (which is itself handed off)."""
+    with urllib.request.urlopen(f"http://{monitor.address}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name)))
+
+
+def test_a_real_agents_pushes_stay_on_the_lean_path(
+    monitor: Child, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    workdir = tmp_path_factory.mktemp("agent")
+    token_file = workdir / "token"
+    token_file.write_text(TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    args = agent_args(
+        "lean-1", str(workdir / "state"), 0.2, "--monitor", f"http://{monitor.address}"
+    )
+    agent = Child([*args, "--token-file", str(token_file)], str(workdir / "agent.log"))
+    reads = 0
+
+    def read(name: str) -> float:
+        nonlocal reads
+        reads += 1
+        return metric(monitor, name)
+
+    received = "pimon_monitor_heartbeats_received_total"
+    handed = read("pimon_monitor_http_handoffs_total")
+    reads = 0  # that read's own connection is counted in ``handed`` already
+    before = read(received)
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while read(received) < before + 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        agent.stop()
+    assert read(received) >= before + 10
+    # Each read opened a connection of its own and was handed off; no push was.
+    assert read("pimon_monitor_http_handoffs_total") - handed == reads
 
 
 def test_pipelined_heartbeats_are_answered_in_order(monitor: Child) -> None:
@@ -318,7 +362,8 @@ class FixedAnswers(Ingest):
 
 def test_a_client_that_does_not_read_pauses_answering_and_the_hand_off_waits() -> None:
     handed: list[Fallback] = []
-    ingest = FixedAnswers(cast(Monitor, None), lambda: handed.append(Fallback()) or handed[-1])
+    monitor = cast(Monitor, SimpleNamespace(stats=Stats()))
+    ingest = FixedAnswers(monitor, lambda: handed.append(Fallback()) or handed[-1])
     protocol = ingest.protocol()
     transport = Transport(high=25)
     transport.protocol = protocol
@@ -331,3 +376,4 @@ def test_a_client_that_does_not_read_pauses_answering_and_the_hand_off_waits() -
     assert transport.written == [b"answer-2;"] * 5 and transport.reading
     assert len(handed) == 1 and handed[0].received == get and handed[0].transport is transport
     assert transport.protocol is handed[0] and protocol not in ingest.connections
+    assert monitor.stats.http_handoffs == 1
