@@ -234,14 +234,15 @@ class HeartbeatProtocol(asyncio.Protocol):
             body_end = head_end + 4 + length
             if body_end > len(buffer):
                 break
-            answer = self.ingest.answer(authorization, buffer[head_end + 4 : body_end], close)
+            # Writing may pause the transport, which ends the loop.
+            transport.write(
+                self.ingest.answer(authorization, buffer[head_end + 4 : body_end], close)
+            )
             start = body_end
             if close:
                 self.pending = b""
-                transport.write(answer)
                 transport.close()
                 return
-            transport.write(answer)  # may pause writing, which ends the loop
         self.pending = buffer[start:]
 
     def hand_off(self, unanswered: bytes) -> None:

@@ -123,10 +123,7 @@ def status(monitor: str, token: str | None, *, as_json: bool) -> int:
     """Print the cluster's state; exit 0 all up, 1 trouble, 2 monitor unreachable."""
     try:
         answer = request(monitor, "/v1/nodes", token=token)
-    except MonitorUnreachable as e:
-        print(f"pimon status: {e}", file=sys.stderr)
-        return 2
-    except ApiError as e:
+    except (MonitorUnreachable, ApiError) as e:
         print(f"pimon status: {e}", file=sys.stderr)
         return 2
     views = answer["nodes"]

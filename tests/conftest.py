@@ -16,7 +16,22 @@ import pytest
 
 from pimon.alertformat import Alert, Event
 from pimon.demo import Child, agent_args
+from tests.rawserver import Handler, RawServer
 from tests.receivers import Receiver
+
+
+@pytest.fixture
+def raw_servers() -> Iterator[Callable[..., RawServer]]:
+    """Start raw TCP servers on loopback; close them after the test."""
+    started: list[RawServer] = []
+
+    def start(handler: Handler, host: str = "127.0.0.1") -> RawServer:
+        started.append(RawServer(handler, host))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
@@ -43,6 +58,25 @@ def get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
         req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+def heartbeat_fields(name: str = "pi-1", **over: Any) -> dict[str, Any]:
+    """Return a valid wire-v1 heartbeat as a dict, with ``over`` replacing fields."""
+    body: dict[str, Any] = {
+        "v": 1,
+        "name": name,
+        "id": f"id-{name}",
+        "boot": "b",
+        "seq": int(time.time() * 1000),
+        "sent_at": time.time(),
+        "interval": 1.0,
+        "ok": True,
+        "problems": [],
+        "leaving": False,
+        "metrics": {},
+    }
+    body.update(over)
+    return body
 
 
 def states(monitor_url: str) -> dict[str, str]:

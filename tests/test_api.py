@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pimon.demo import Child
+from tests.conftest import heartbeat_fields as heartbeat
 
 TOKEN = "s3cret-cluster-token"
 
@@ -63,24 +63,6 @@ def call(
         return resp.status, json.loads(raw)
     except ValueError:
         return resp.status, raw
-
-
-def heartbeat(name: str = "pi-1", **over: Any) -> dict[str, Any]:
-    body = {
-        "v": 1,
-        "name": name,
-        "id": f"id-{name}",
-        "boot": "b",
-        "seq": int(time.time() * 1000),
-        "sent_at": time.time(),
-        "interval": 1.0,
-        "ok": True,
-        "problems": [],
-        "leaving": False,
-        "metrics": {},
-    }
-    body.update(over)
-    return body
 
 
 def post(monitor: Child, body: Any, token: str | None = TOKEN) -> tuple[int, Any]:

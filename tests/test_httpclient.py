@@ -3,86 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pimon.httpclient import ConnectionClosed, Endpoint, HostNotFound, HttpClient
 from pimon.httpwire import BodyTooLarge, HttpError, Response
+from tests.rawserver import RawServer, hang_first_connection
 
 LIMIT = 1024
-Handler = Callable[[socket.socket, "RawServer"], None]
-
-
-class RawServer:
-    """A TCP server in threads: ``handler`` runs for every accepted connection."""
-
-    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
-        self.handler = handler
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.sock.bind((host, 0))
-        self.sock.listen(16)
-        port = self.sock.getsockname()[1]
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.accepts = 0
-        self.requests: list[bytes] = []
-        self.client_closed = threading.Event()
-        self.conns: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepts += 1
-            conn.settimeout(10)
-            self.conns.append(conn)
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            self.handler(conn, self)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def read_request(self, conn: socket.socket) -> bytes | None:
-        """Return the next request head, or None when the client closed."""
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(4096)
-            if not chunk:
-                self.client_closed.set()
-                return None
-            data += chunk
-        self.requests.append(data)
-        return data
-
-    def wait_client_close(self, conn: socket.socket) -> None:
-        """Block until the client closes this connection."""
-        while conn.recv(4096):
-            pass
-        self.client_closed.set()
-
-    def close(self) -> None:
-        """Stop accepting, drop every connection, join the threads."""
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in self.threads:
-            thread.join(5)
 
 
 def answer(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
@@ -95,20 +27,6 @@ def keep_answering(conn: socket.socket, server: RawServer) -> None:
     while server.read_request(conn) is not None:
         n += 1
         conn.sendall(answer(b'{"n":%d}' % n))
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[..., RawServer]]:
-    started: list[RawServer] = []
-
-    def start(handler: Handler, host: str = "127.0.0.1") -> RawServer:
-        server = RawServer(handler, host)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
 
 
 @pytest.fixture
@@ -136,9 +54,9 @@ async def fetch(endpoint: Endpoint, budget_s: float = 5.0) -> Response | Excepti
 
 
 async def test_keep_alive_sends_every_get_over_one_connection(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
-    server = servers(keep_answering)
+    server = raw_servers(keep_answering)
     endpoint = client.endpoint(server.address, "/v1/heartbeat")
     bodies = [await fetch(endpoint) for _ in range(20)]
     assert bodies == [Response(200, b'{"n":%d}' % n) for n in range(1, 21)]
@@ -150,28 +68,28 @@ async def test_keep_alive_sends_every_get_over_one_connection(
 
 
 async def test_connection_close_answers_and_idle_closes_reconnect(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def close_after_one(conn: socket.socket, server: RawServer) -> None:
         if server.read_request(conn) is not None:
             extra = "Connection: close\r\n" if server.accepts % 2 else ""
             conn.sendall(answer(b"{}", extra=extra))  # then close, said or not
 
-    server = servers(close_after_one)
+    server = raw_servers(close_after_one)
     endpoint = client.endpoint(server.address, "/")
     assert [await fetch(endpoint) for _ in range(6)] == [Response(200, b"{}")] * 6
     assert server.accepts == 6
 
 
 async def test_a_get_racing_an_idle_close_is_retried_once_on_a_fresh_connection(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def answer_once_then_drop_the_next(conn: socket.socket, server: RawServer) -> None:
         if server.read_request(conn) is not None:
             conn.sendall(answer(b"first"))
         server.read_request(conn)  # the reused connection gets a request, then a close
 
-    server = servers(answer_once_then_drop_the_next)
+    server = raw_servers(answer_once_then_drop_the_next)
     endpoint = client.endpoint(server.address, "/")
     assert await fetch(endpoint) == Response(200, b"first")
     assert await fetch(endpoint) == Response(200, b"first")
@@ -179,23 +97,23 @@ async def test_a_get_racing_an_idle_close_is_retried_once_on_a_fresh_connection(
 
 
 async def test_a_fresh_connection_closed_without_answer_fails_without_retrying(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
-    server = servers(lambda conn, srv: srv.read_request(conn) and None)
+    server = raw_servers(lambda conn, srv: srv.read_request(conn) and None)
     result = await fetch(client.endpoint(server.address, "/"))
     assert isinstance(result, ConnectionClosed)
     assert server.accepts == 1
 
 
 async def test_chunked_body_is_joined_and_the_connection_kept(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def chunked(conn: socket.socket, server: RawServer) -> None:
         while server.read_request(conn) is not None:
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel")
             conn.sendall(b"lo\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n")
 
-    server = servers(chunked)
+    server = raw_servers(chunked)
     endpoint = client.endpoint(server.address, "/")
     assert await fetch(endpoint) == Response(200, b"hello world")
     assert await fetch(endpoint) == Response(200, b"hello world")
@@ -203,13 +121,13 @@ async def test_chunked_body_is_joined_and_the_connection_kept(
 
 
 async def test_body_until_close_is_read_for_http_1_0(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def http10(conn: socket.socket, server: RawServer) -> None:
         if server.read_request(conn) is not None:
             conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{}")
 
-    server = servers(http10)
+    server = raw_servers(http10)
     endpoint = client.endpoint(server.address, "/")
     assert [await fetch(endpoint) for _ in range(2)] == [Response(200, b"{}")] * 2
     assert server.accepts == 2
@@ -228,14 +146,14 @@ async def test_body_until_close_is_read_for_http_1_0(
     ids=["content-length", "one-chunk", "chunks", "until-close"],
 )
 async def test_body_over_the_limit_fails_and_closes(
-    servers: Callable[..., RawServer], client: HttpClient, head: bytes
+    raw_servers: Callable[..., RawServer], client: HttpClient, head: bytes
 ) -> None:
     def oversized(conn: socket.socket, server: RawServer) -> None:
         if server.read_request(conn) is not None:
             conn.sendall(head)
             server.wait_client_close(conn)  # never sends the rest: the client must not wait
 
-    server = servers(oversized)
+    server = raw_servers(oversized)
     result = await fetch(client.endpoint(server.address, "/"))
     assert isinstance(result, BodyTooLarge)
     assert str(result) == "body over 1 KiB"
@@ -263,14 +181,14 @@ async def test_body_over_the_limit_fails_and_closes(
     ],
 )
 async def test_malformed_answers_are_refused_with_a_reason(
-    servers: Callable[..., RawServer], client: HttpClient, raw: bytes, reason: str
+    raw_servers: Callable[..., RawServer], client: HttpClient, raw: bytes, reason: str
 ) -> None:
     def malformed(conn: socket.socket, server: RawServer) -> None:
         if server.read_request(conn) is not None:
             conn.sendall(raw)
             server.wait_client_close(conn)
 
-    server = servers(malformed)
+    server = raw_servers(malformed)
     result = await fetch(client.endpoint(server.address, "/"))
     assert isinstance(result, HttpError)
     assert reason in str(result)
@@ -278,20 +196,20 @@ async def test_malformed_answers_are_refused_with_a_reason(
 
 
 async def test_bytes_past_the_answer_close_the_connection(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def chatty(conn: socket.socket, server: RawServer) -> None:
         while server.read_request(conn) is not None:
             conn.sendall(answer(b"ok") + b"HTTP/1.1 200 OK\r\n")
 
-    server = servers(chatty)
+    server = raw_servers(chatty)
     endpoint = client.endpoint(server.address, "/")
     assert [await fetch(endpoint) for _ in range(2)] == [Response(200, b"ok")] * 2
     assert server.accepts == 2
 
 
 async def test_a_timed_out_half_answer_is_never_reused(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def stall_first(conn: socket.socket, server: RawServer) -> None:
         if server.accepts == 1:
@@ -301,7 +219,7 @@ async def test_a_timed_out_half_answer_is_never_reused(
         else:
             keep_answering(conn, server)
 
-    server = servers(stall_first)
+    server = raw_servers(stall_first)
     endpoint = client.endpoint(server.address, "/")
     assert isinstance(await fetch(endpoint, budget_s=0.2), TimeoutError)
     assert await asyncio.to_thread(server.client_closed.wait, 5)
@@ -310,13 +228,13 @@ async def test_a_timed_out_half_answer_is_never_reused(
 
 
 async def test_one_shot_get_times_out_and_closes(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
     def silent(conn: socket.socket, server: RawServer) -> None:
         server.read_request(conn)
         server.wait_client_close(conn)
 
-    server = servers(silent)
+    server = raw_servers(silent)
     with pytest.raises(TimeoutError):
         await client.get(server.address, "/", 0.2)
     assert await asyncio.to_thread(server.client_closed.wait, 5)
@@ -342,9 +260,9 @@ async def test_bad_address_fails_the_get_instead_of_raising(client: HttpClient) 
 
 
 async def test_host_name_falls_back_to_the_address_that_accepts(
-    servers: Callable[..., RawServer], client: HttpClient
+    raw_servers: Callable[..., RawServer], client: HttpClient
 ) -> None:
-    server = servers(keep_answering)  # IPv4 only: localhost's ::1, if listed, refuses
+    server = raw_servers(keep_answering)  # IPv4 only: localhost's ::1, if listed, refuses
     port = server.address.rsplit(":", 1)[1]
     assert await client.get(f"localhost:{port}", "/", 5) == Response(200, b'{"n":1}')
     assert f"\r\nHost: localhost:{port}\r\n" in server.requests[0].decode()
@@ -360,8 +278,10 @@ def ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
-async def test_ipv6_literal_address(servers: Callable[..., RawServer], client: HttpClient) -> None:
-    server = servers(keep_answering, "::1")
+async def test_ipv6_literal_address(
+    raw_servers: Callable[..., RawServer], client: HttpClient
+) -> None:
+    server = raw_servers(keep_answering, "::1")
     assert server.address.startswith("[::1]:")
     endpoint = client.endpoint(server.address, "/")
     assert [await fetch(endpoint) for _ in range(3)][-1] == Response(200, b'{"n":3}')
@@ -369,8 +289,8 @@ async def test_ipv6_literal_address(servers: Callable[..., RawServer], client: H
     assert f"\r\nHost: {server.address}\r\n" in server.requests[0].decode()
 
 
-async def test_names_are_resolved_once_per_ttl(servers: Callable[..., RawServer]) -> None:
-    server = servers(keep_answering)
+async def test_names_are_resolved_once_per_ttl(raw_servers: Callable[..., RawServer]) -> None:
+    server = raw_servers(keep_answering)
     port = server.address.rsplit(":", 1)[1]
     calls: list[str] = []
     now = [1000.0]
@@ -390,9 +310,9 @@ async def test_names_are_resolved_once_per_ttl(servers: Callable[..., RawServer]
 
 
 async def test_a_slow_lookup_blocks_neither_other_nodes_nor_repeats(
-    servers: Callable[..., RawServer],
+    raw_servers: Callable[..., RawServer],
 ) -> None:
-    server = servers(keep_answering)
+    server = raw_servers(keep_answering)
     release = threading.Event()
     calls: list[str] = []
 
@@ -417,17 +337,10 @@ async def test_a_slow_lookup_blocks_neither_other_nodes_nor_repeats(
         http.close()
 
 
-def test_keep_alive_and_timeouts_work_on_uvloop_too(servers: Callable[..., RawServer]) -> None:
+def test_keep_alive_and_timeouts_work_on_uvloop_too(raw_servers: Callable[..., RawServer]) -> None:
     uvloop = pytest.importorskip("uvloop")  # the monitor runs on it when it is installed
 
-    def stall_first(conn: socket.socket, server: RawServer) -> None:
-        if server.accepts == 1:
-            server.read_request(conn)
-            server.wait_client_close(conn)
-        else:
-            keep_answering(conn, server)
-
-    server = servers(stall_first)
+    server = raw_servers(hang_first_connection(keep_answering))
 
     async def scenario() -> list[Response | Exception]:
         http = HttpClient(LIMIT)

@@ -18,6 +18,7 @@ from pimon.demo import Child, agent_args
 from pimon.ingest import Ingest, parse_head
 from pimon.monitor import Monitor
 from pimon.selfstats import Stats
+from tests.conftest import heartbeat_fields
 
 TOKEN = "ingest-token"
 AGENT_HEAD = (
@@ -48,22 +49,8 @@ def connect(monitor: Child) -> socket.socket:
     return sock
 
 
-def heartbeat(name: str, seq: Any, **over: Any) -> bytes:
-    body = {
-        "v": 1,
-        "name": name,
-        "id": f"id-{name}",
-        "boot": "b",
-        "seq": seq,
-        "sent_at": time.time(),
-        "interval": 1.0,
-        "ok": True,
-        "problems": [],
-        "leaving": False,
-        "metrics": {},
-    }
-    body.update(over)
-    return json.dumps(body).encode()
+def heartbeat(name: str, seq: Any) -> bytes:
+    return json.dumps(heartbeat_fields(name, seq=seq)).encode()
 
 
 def push(body: bytes, token: str = TOKEN, extra: str = "") -> bytes:

@@ -21,7 +21,7 @@ from pimon.membership import Failure
 from pimon.poller import Poller, PollResult, classify, decode, poll_once
 from pimon.wire import MAX_BODY_BYTES, Heartbeat, encode_heartbeat
 from tests.conftest import Procs, get_json, states, wait_until
-from tests.test_httpclient import RawServer
+from tests.rawserver import RawServer, hang_first_connection
 
 Answer = Callable[[], tuple[int, bytes]]
 
@@ -144,19 +144,6 @@ def keep_answering(conn: socket.socket, server: RawServer) -> None:
         conn.sendall(heartbeat_answer(seq))
 
 
-@pytest.fixture
-def raw_servers() -> Iterator[Callable[..., RawServer]]:
-    started: list[RawServer] = []
-
-    def start(handler: Callable[[socket.socket, RawServer], None]) -> RawServer:
-        started.append(RawServer(handler))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
-
-
 class Deliveries:
     """Poll results by node name, with a way to wait for enough of them."""
 
@@ -201,14 +188,7 @@ async def test_poller_asks_every_node_each_interval_over_one_connection_each(
 async def test_poller_times_out_a_hung_agent_closes_and_reconnects(
     raw_servers: Callable[..., RawServer],
 ) -> None:
-    def hang_first(conn: socket.socket, server: RawServer) -> None:
-        if server.accepts == 1:
-            server.read_request(conn)
-            server.wait_client_close(conn)
-        else:
-            keep_answering(conn, server)
-
-    server = raw_servers(hang_first)
+    server = raw_servers(hang_first_connection(keep_answering))
     got = Deliveries()
     poller = Poller(0.2, got)
     await poller.start()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from pimon.wire import open_datagram, seal_datagram
-from tests.conftest import Procs, get_json, states, wait_until
+from tests.conftest import Procs, get_json, heartbeat_fields, states, wait_until
 
 TOKEN = "udp-cluster-token"
 
@@ -31,16 +31,9 @@ def test_sealed_datagram_opens_only_with_the_same_token_and_untouched() -> None:
 
 
 def heartbeat(name: str, seq: int, boot: str = "b1", sent_at: float | None = None) -> bytes:
-    body = {
-        "v": 1,
-        "name": name,
-        "id": f"id-{name}",
-        "boot": boot,
-        "seq": seq,
-        "sent_at": time.time() if sent_at is None else sent_at,
-        "interval": 0.5,
-    }
-    return json.dumps(body).encode()
+    sent_at = time.time() if sent_at is None else sent_at
+    fields = heartbeat_fields(name, boot=boot, seq=seq, sent_at=sent_at, interval=0.5)
+    return json.dumps(fields).encode()
 
 
 def send(address: str, datagram: bytes) -> None:
